@@ -1,0 +1,92 @@
+"""Atomic file writes and the image/array formats the pipeline stores on disk.
+
+Every output of every stage goes through these helpers, so a stage killed half-way never leaves a
+truncated file behind: data is written to a temporary file in the destination folder and moved into
+place with ``os.replace`` (atomic on POSIX and Windows within one file system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+import numpy as np
+from PIL import Image
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file next to ``path``; on a clean exit move it to ``path`` atomically.
+
+    Parent folders are created. On an exception the temporary file is deleted and ``path`` is left
+    as it was (absent or with its previous content).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def save_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON (NaN written as ``NaN``) atomically."""
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+
+
+def save_npy(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Write named arrays as one ``.npy`` file holding a dict (load with :func:`load_npy`)."""
+    with atomic_open(path, "wb") as f:
+        np.save(f, dict(arrays), allow_pickle=True)
+
+
+def load_npy(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a dict written by :func:`save_npy`."""
+    return np.load(path, allow_pickle=True).item()
+
+
+def save_label_png(path: str | os.PathLike, label: np.ndarray, palette: np.ndarray) -> None:
+    """Write an ``(H, W)`` integer label map (values 0..255, 255 = ignore) as a palette PNG.
+
+    Args:
+        label: ``(H, W)`` integer array with values in [0, 255].
+        palette: ``(256, 3)`` uint8 colour table (see :func:`rca.data.palette.make_palette`).
+
+    Raises:
+        ValueError: if ``label`` is not 2-D or has values outside [0, 255].
+    """
+    if label.ndim != 2:
+        raise ValueError(f"label map for {path} must be (H, W), got shape {label.shape}")
+    if label.size and (label.min() < 0 or label.max() > 255):
+        raise ValueError(f"label map for {path} has values outside [0, 255]")
+    image = Image.fromarray(label.astype(np.uint8))  # mode "L"; putpalette turns it into "P"
+    image.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1).tolist())
+    with atomic_open(path, "wb") as f:
+        image.save(f, format="PNG")
+
+
+def save_rgb_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write an ``(H, W, 3)`` uint8 RGB image as PNG atomically."""
+    with atomic_open(path, "wb") as f:
+        Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(f, format="PNG")
+
+
+def load_label_png(path: str | os.PathLike) -> np.ndarray:
+    """Read a label PNG (palette or greyscale) as an ``(H, W)`` int64 array of its raw indices."""
+    with Image.open(path) as image:
+        if image.mode not in ("P", "L", "I", "I;16"):
+            raise ValueError(f"{path}: label PNG must be palette or greyscale, got mode {image.mode}")
+        return np.asarray(image).astype(np.int64)
