@@ -76,7 +76,7 @@ class ClsConfig:
     region_mixup: bool = False
     coarse_weight: float = 0.4
     num_centres: int = 10  # k-means centres per class for semantic aggregation
-    aggregation: str = "scaled"  # scaled: softmax(qk^T/sqrt(d)) | unnormalised: softmax(qk^T)
+    aggregation: str = "scaled"  # scaled: softmax(qk^T/sqrt(d)) | unnormalised: the released code's rule
     amp: bool = True  # mixed precision, used only on a GPU
     log_interval: int = 20
 

@@ -41,7 +41,7 @@ from rca.engine.distributed import cleanup_distributed, init_distributed, unwrap
 from rca.engine.logs import peak_memory_mb, setup_logger, tensorboard_writer
 from rca.engine.seeding import seed_epoch, worker_init_fn
 from rca.io import save_json
-from rca.losses import mix_regions, semantic_contrast_loss
+from rca.losses import mixed_semantic_contrast_loss, semantic_contrast_loss
 from rca.metrics import average_precision
 from rca.models.classifier import build_classifier, rca_classification_loss
 
@@ -56,15 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def contrast_loss(outputs: dict, memory, cfg) -> torch.Tensor:
-    """RCA semantic contrast of this batch's regions against the memory bank (optionally mixed)."""
-    queries, labels = outputs["region_embeddings"].float(), outputs["region_labels"]
-    keys, key_labels = memory.keys()
-    if not cfg.region_mixup:
-        return semantic_contrast_loss(queries, labels, keys, key_labels, cfg.temperature)
-    mixed, labels_a, labels_b, lam = mix_regions(queries, labels)
-    return lam * semantic_contrast_loss(mixed, labels_a, keys, key_labels, cfg.temperature) + (
-        1 - lam
-    ) * semantic_contrast_loss(mixed, labels_b, keys, key_labels, cfg.temperature)
+    """RCA semantic contrast of this batch's regions against the memory bank (optionally mixed up)."""
+    loss = mixed_semantic_contrast_loss if cfg.region_mixup else semantic_contrast_loss
+    return loss(outputs["region_embeddings"].float(), outputs["region_labels"], *memory.keys(), cfg.temperature)
 
 
 @torch.inference_mode()
@@ -76,7 +70,9 @@ def evaluate_tags(model, dataset, device) -> dict:
         scores.append(torch.sigmoid(model(item["image"].to(device))["scores"].float()).cpu())
         targets.append(item["tags"])
     model.train()
-    return average_precision(torch.cat(scores), torch.cat(targets))
+    scores, targets = torch.cat(scores), torch.cat(targets)
+    per_class = [average_precision(scores[:, [k]], targets[:, [k]]) for k in range(scores.shape[1])]
+    return {"map": average_precision(scores, targets), "ap": per_class}
 
 
 def main(argv=None) -> int:

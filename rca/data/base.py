@@ -1,0 +1,173 @@
+"""What every dataset of the project shares: the item format, image-level tags, file checks.
+
+An item is a dict ``{"id": str, "image": (H, W, 3) uint8 RGB, "tags": (T,) float32 multi-hot,
+"mask": (H, W) int64}`` (``mask`` only when the dataset has masks; 255 = ignore). Tags are the
+image-level labels of weakly supervised segmentation: with a background class (VOC, COCO) tag ``j``
+is class ``j + 1`` and ``T = num_classes - 1``; without one (MSRC, CamVid) tag ``j`` is class ``j``
+and ``T = num_classes``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from rca.data.palette import IGNORE_INDEX
+
+Item = dict[str, Any]
+
+
+def require_path(path: str | os.PathLike, what: str, hint: str) -> Path:
+    """Return ``path`` as a Path if it exists, else raise FileNotFoundError naming it and the fix."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}. {hint}")
+    return path
+
+
+def read_id_list(path: str | os.PathLike, hint: str) -> list[str]:
+    """The non-empty lines of a split file, stripped (raises FileNotFoundError with ``hint``)."""
+    path = require_path(path, "split file", hint)
+    with open(path) as f:
+        ids = [line.strip() for line in f if line.strip()]
+    if not ids:
+        raise ValueError(f"split file {path} lists no images")
+    return ids
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as ``(H, W, 3)`` uint8 RGB.
+
+    EXIF orientation is deliberately not applied: annotations (COCO's polygons, VOC's masks) are
+    drawn on the stored pixel grid.
+    """
+    with Image.open(path) as image:
+        return np.array(image.convert("RGB"))  # a writable copy (torch.from_numpy needs one)
+
+
+def tags_from_mask(mask: np.ndarray, num_classes: int, has_background: bool) -> np.ndarray:
+    """Image-level tags of a label map: which classes occur in it (ignore pixels don't count).
+
+    Args:
+        mask: ``(H, W)`` integer label map, values in ``0 .. num_classes - 1`` or 255.
+        num_classes: number of classes, background included when there is one.
+        has_background: whether class 0 is background (then it gets no tag).
+
+    Returns:
+        ``(num_classes - 1,)`` or ``(num_classes,)`` float32 multi-hot vector.
+    """
+    counts = np.bincount(mask[mask != IGNORE_INDEX].ravel(), minlength=num_classes)
+    present = (counts[:num_classes] > 0).astype(np.float32)
+    return present[1:] if has_background else present
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """Base class of the datasets: builds the item dict, checks it, applies ``transform``.
+
+    Subclasses set the attributes below in ``__init__`` and implement :meth:`load_image`, plus
+    :meth:`load_mask` when ``has_masks``. Tags come from the mask by default; a dataset with a
+    cheaper or different source (COCO's annotations, VOC's ``cls_labels.npy``) overrides
+    :meth:`image_tags`.
+
+    Attributes:
+        ids: image ids, in split-file order.
+        class_names: all class names; index = label value; background first when present.
+        num_classes: ``len(class_names)``.
+        has_background: whether class 0 is background (it then has no tag).
+        has_masks: whether items carry ``mask``.
+        palette: ``(256, 3)`` uint8 colour table for label PNGs.
+        transform: callable applied to each item dict (e.g. :func:`rca.data.transforms.train_transform`).
+    """
+
+    def __init__(
+        self,
+        ids: Sequence[str],
+        class_names: Sequence[str],
+        *,
+        has_background: bool,
+        has_masks: bool,
+        palette: np.ndarray,
+        transform: Callable[[Item], Item] | None = None,
+    ) -> None:
+        self.ids = list(ids)
+        self.class_names = list(class_names)
+        self.has_background = has_background
+        self.has_masks = has_masks
+        self.palette = palette
+        self.transform = transform
+        self._tags: np.ndarray | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_tags(self) -> int:
+        """Length of the tag vector: foreground classes only when there is a background class."""
+        return self.num_classes - 1 if self.has_background else self.num_classes
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load_image(self, index: int) -> np.ndarray:
+        """``(H, W, 3)`` uint8 RGB image of item ``index``."""
+        raise NotImplementedError
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """``(H, W)`` int64 label map of item ``index``: 0 .. num_classes - 1, 255 = ignore."""
+        raise NotImplementedError
+
+    def image_tags(self, index: int, mask: np.ndarray | None = None) -> np.ndarray:
+        """``(num_tags,)`` float32 tags of item ``index``; by default the classes in its mask.
+
+        ``mask`` is the item's mask when the caller has already read it (saves a second read).
+        """
+        if mask is None:
+            mask = self.load_mask(index)
+        return tags_from_mask(mask, self.num_classes, self.has_background)
+
+    def load_tags(self) -> np.ndarray:
+        """``(len(self), num_tags)`` float32 tags of all items, computed once and kept in memory."""
+        if self._tags is None:
+            tags = np.zeros((len(self), self.num_tags), dtype=np.float32)
+            for index in range(len(self)):
+                tags[index] = self.image_tags(index)
+            self._tags = tags
+        return self._tags
+
+    def __getitem__(self, index: int) -> Item:
+        item: Item = {"id": self.ids[index], "image": self.load_image(index)}
+        mask = None
+        if self.has_masks:
+            mask = self.load_mask(index)
+            self._check_mask(index, mask, item["image"].shape[:2])
+            item["mask"] = mask
+        item["tags"] = self._tags[index].copy() if self._tags is not None else self.image_tags(index, mask)
+        return self.transform(item) if self.transform is not None else item
+
+    def _check_mask(self, index: int, mask: np.ndarray, image_size: tuple[int, int]) -> None:
+        if mask.shape != image_size:
+            raise ValueError(
+                f"{type(self).__name__} item {self.ids[index]!r}: mask is {mask.shape[0]}x{mask.shape[1]} "
+                f"but image is {image_size[0]}x{image_size[1]}"
+            )
+        invalid = (mask >= self.num_classes) & (mask != IGNORE_INDEX)
+        if invalid.any() or (mask < 0).any():
+            bad = np.unique(mask[invalid | (mask < 0)])[:10].tolist()
+            raise ValueError(
+                f"{type(self).__name__} item {self.ids[index]!r}: mask values {bad} are not class "
+                f"indices (0..{self.num_classes - 1}) or 255 (ignore); check the mask files or the "
+                f"dataset's value_map"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({len(self)} images, {self.num_classes} classes, "
+            f"background={self.has_background}, masks={self.has_masks})"
+        )

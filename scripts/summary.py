@@ -1,0 +1,41 @@
+"""Print one table of the pipeline's headline numbers from the three stages' ``metrics.json``.
+
+    python scripts/summary.py --config rca/configs/<exp>.yaml [--set ...] [--work-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rca.config import add_config_args, config_from_args
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def main(argv=None) -> int:
+    config, work_dir = config_from_args(add_config_args(argparse.ArgumentParser(description=__doc__)).parse_args(argv))
+    cls, labels, seg = (read(work_dir / part / "metrics.json") for part in ("cls", "labels", "seg"))
+    seed, pseudo = labels.get("seed", {}), labels.get("pseudo_label", {})
+    rows = [
+        ("classifier val tag mAP", cls.get("best_val_map"), f"{config.cls.method}, split {config.data.val_split}"),
+        ("best seed mIoU", seed.get("miou"), f"threshold {seed.get('best_threshold')}, split {labels.get('split')}"),
+        ("seed + CRF mIoU", labels.get("seed_crf", {}).get("miou"), ""),
+        ("pseudo-label mIoU (strict)", pseudo.get("strict_miou"), ""),
+        ("pseudo-label mIoU (lenient)", pseudo.get("lenient_miou"),
+         f"{pseudo['labelled_fraction']:.1f}% labelled" if "labelled_fraction" in pseudo else ""),
+        ("segmentation val mIoU", seg.get("best_val_miou"), f"DeepLab-v2 on {config.seg.labels} labels"),
+    ]
+    print(f"summary of {work_dir} (config {config.name})")
+    for name, value, note in rows:
+        shown = "n/a" if value is None else f"{value:6.2f}"
+        print(f"  {name:<28} {shown:>6}  {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""CAM -> pseudo-label rules (rca.pseudo_labels) on tiny hand-made CAMs with known answers."""
+
+import numpy as np
+import pytest
+import torch
+
+from rca.pseudo_labels import (argmax_labels, confident_labels, constant_background, make_pseudo_label,
+                               power_background, probabilities_with_background, saliency_background)
+
+# Two tagged classes with label values 3 and 7 on a 1 x 3 image.
+CAMS = np.array([[[0.10, 0.50, 0.30]],
+                 [[0.05, 0.20, 0.60]]], np.float32)
+CLASSES = np.array([3, 7])
+
+
+def test_probabilities_with_background_sum_to_one_and_keep_the_argmax():
+    probs = probabilities_with_background(CAMS, 0.25)
+    assert probs.shape == (3, 1, 3) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, rtol=1e-6)
+    assert probs.argmax(axis=0).tolist() == [[0, 1, 2]]
+    uniform = probabilities_with_background(np.zeros((2, 1, 1)), np.zeros((1, 1)))
+    np.testing.assert_allclose(uniform[:, 0, 0], 1 / 3, rtol=1e-6)
+
+
+def test_constant_background():
+    assert constant_background(CAMS, CLASSES, threshold=0.25).tolist() == [[0, 3, 7]]
+    assert constant_background(CAMS, CLASSES, threshold=0.55).tolist() == [[0, 0, 7]]
+    assert constant_background(CAMS, CLASSES, threshold=0.7).tolist() == [[0, 0, 0]]
+    # Torch input and no tagged class.
+    assert constant_background(torch.from_numpy(CAMS), torch.tensor(CLASSES), 0.25).dtype == np.int64
+    assert constant_background(np.zeros((0, 2, 2)), np.zeros(0, np.int64), 0.25).tolist() == [[0, 0], [0, 0]]
+
+
+def test_power_background():
+    # Background (1 - max)^alpha: maxima 0.1, 0.5, 0.6.
+    # alpha 2: 0.81, 0.25, 0.16 -> background, class 3, class 7.
+    assert power_background(CAMS, CLASSES, alpha=2).tolist() == [[0, 3, 7]]
+    # alpha 0.5: 0.95, 0.71, 0.63 -> all background.
+    assert power_background(CAMS, CLASSES, alpha=0.5).tolist() == [[0, 0, 0]]
+
+
+def test_saliency_background_follows_the_released_rca_rule():
+    cams = np.array([[[0.10, 0.95, 0.00], [0.20, 0.85, 0.00]],
+                     [[0.00, 0.00, 0.95], [0.10, 0.00, 0.60]]], np.float32)
+    saliency = np.array([[0.0, 0.95, 0.0], [0.5, 0.05, 0.9]], np.float32)
+    labels = saliency_background(cams, np.array([1, 2]), saliency)
+    # (0,0) clear background; (0,1) class 1; (0,2) background 1.0 and class 2 0.95 both > 0.9:
+    # conflict; (1,0) background but salient; (1,1) background (0.95 > 0.85) but CAM > 0.8;
+    # (1,2) class 2.
+    assert labels.tolist() == [[0, 1, 255], [255, 255, 2]]
+    # 2 of 6 pixels are foreground: under a 50% minimum the whole image is ignored.
+    assert np.all(saliency_background(cams, np.array([1, 2]), saliency, min_foreground=0.5) == 255)
+    with pytest.raises(ValueError, match="saliency"):
+        saliency_background(cams, np.array([1, 2]), saliency.T)
+
+
+def test_confident_labels_follow_irn():
+    cams = np.array([[[0.02, 0.10, 0.40, 0.04]],
+                     [[0.01, 0.03, 0.20, 0.35]]], np.float32)
+    # fg threshold 0.30: [bg, bg, 3, 7]; bg threshold 0.05: [bg, 3, 3, 7].
+    labels = confident_labels(cams, CLASSES, fg_threshold=0.30, bg_threshold=0.05)
+    assert labels.tolist() == [[0, 255, 3, 7]]
+
+
+def test_argmax_labels_without_background():
+    assert argmax_labels(CAMS, np.array([0, 5])).tolist() == [[0, 0, 5]]
+    assert np.all(argmax_labels(np.zeros((0, 2, 2)), np.zeros(0, np.int64)) == 255)
+
+
+def test_rules_with_crf_keep_clear_regions():
+    image = np.zeros((12, 12, 3), np.uint8)
+    image[:, 6:] = 255
+    cams = np.zeros((1, 12, 12), np.float32)
+    cams[0, :, 6:] = 0.9
+    expected = np.where(np.arange(12) >= 6, 4, 0)[None].repeat(12, axis=0)
+    for rule, params in [("constant", dict(threshold=0.3)), ("power", dict(alpha=4)),
+                         ("confident", dict(fg_threshold=0.3, bg_threshold=0.05)),
+                         ("saliency", dict(saliency=image[..., 0] / 255.0))]:
+        labels = make_pseudo_label(cams, np.array([4]), rule, image=image, **params)
+        np.testing.assert_array_equal(labels, expected, err_msg=rule)
+
+
+def test_make_pseudo_label_dispatch_and_errors():
+    np.testing.assert_array_equal(make_pseudo_label(CAMS, CLASSES, "constant", threshold=0.25),
+                                  constant_background(CAMS, CLASSES, 0.25))
+    with pytest.raises(ValueError, match="unknown pseudo-label rule"):
+        make_pseudo_label(CAMS, CLASSES, "otsu")
+    with pytest.raises(ValueError, match="alpha"):
+        make_pseudo_label(CAMS, CLASSES, "constant", threshold=0.2, alpha=4)
+    with pytest.raises(ValueError, match="classes"):
+        constant_background(CAMS, np.array([3]), 0.2)
