@@ -1,0 +1,101 @@
+"""Speed and memory of the pipeline's hot paths for one config, on this machine.
+
+    python scripts/benchmark.py [--config rca/configs/demo.yaml] [--set ...] [--iters 10] [--device cpu]
+
+Prints (and with ``--json FILE`` writes) seconds per training iteration of the RCA classifier and of
+DeepLab-v2 at the config's batch and crop size, multi-scale CAM inference in images/s, dense-CRF
+pseudo labels in images/s, and peak memory (RSS on the CPU, allocator peak on a GPU). Random
+weights and the config's dataset are used; no outputs of the stages are needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from rca.cam import multiscale_cam, normalize_cams
+from rca.config import add_config_args, config_from_args
+from rca.data import build_dataset
+from rca.data.transforms import eval_transform
+from rca.engine.logs import peak_memory_mb
+from rca.io import save_json
+from rca.models.classifier import build_classifier, rca_classification_loss
+from rca.models.deeplab import build_deeplab
+from rca.pseudo_labels import make_pseudo_label
+
+
+def timed(function, repeats: int) -> float:
+    """Mean seconds per call of ``function`` after one warm-up call."""
+    function()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        function()
+    return (time.perf_counter() - start) / repeats
+
+
+def main(argv=None) -> int:
+    parser = add_config_args(argparse.ArgumentParser(description=__doc__))
+    parser.add_argument("--iters", type=int, default=10, help="timed repetitions of each measurement")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    args = parser.parse_args(argv)
+    config, _ = config_from_args(args)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    data = config.data
+    dataset = build_dataset(data.name, data.root, data.label_split, **data.options)
+    num_tags = dataset.num_classes - int(dataset.has_background)
+    results = {"config": config.name, "device": str(device), "threads": torch.get_num_threads()}
+
+    cls = config.cls
+    model = build_classifier(num_tags, cls.backbone, cls.output_stride, "none", cls.method, cls.embed_dim,
+                             cls.memory_size, num_centres=cls.num_centres).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    images = torch.randn(cls.batch_size, 3, cls.crop_size, cls.crop_size, device=device)
+    tags = (torch.rand(cls.batch_size, num_tags, device=device) < 0.3).float()
+
+    def cls_step():
+        loss = rca_classification_loss(model(images, tags), tags, cls.coarse_weight)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    results["cls_s_per_iter"] = timed(cls_step, args.iters)
+    model.eval()
+    item = dataset[0]
+    image = eval_transform()(item)["image"]
+    cam_time = timed(lambda: multiscale_cam(model, image, config.labels.scales, config.labels.flip), args.iters)
+    results["cam_images_per_s"] = 1 / cam_time
+    cams, tagged = normalize_cams(multiscale_cam(model, image, config.labels.scales), torch.ones(num_tags))
+    cams, classes = cams[:3].cpu().numpy(), (tagged[:3] + int(dataset.has_background)).numpy()
+    rule, params = ("constant", {"threshold": 0.2}) if dataset.has_background else ("argmax", {})
+    crf_time = timed(lambda: make_pseudo_label(cams, classes, rule, image=item["image"], **params), args.iters)
+    results["crf_images_per_s_3_classes"] = 1 / crf_time
+
+    seg = config.seg
+    deeplab = build_deeplab(dataset.num_classes, seg.backbone, seg.output_stride, "none", seg.multi_scale,
+                            seg.freeze_bn).to(device)
+    optimizer = torch.optim.SGD(deeplab.parameters(), lr=1e-3, momentum=0.9)
+    images = torch.randn(seg.batch_size, 3, seg.crop_size, seg.crop_size, device=device)
+    masks = torch.randint(0, dataset.num_classes, (seg.batch_size, seg.crop_size, seg.crop_size), device=device)
+
+    def seg_step():
+        logits = torch.nn.functional.interpolate(deeplab(images)["logits"], masks.shape[-2:], mode="bilinear")
+        loss = torch.nn.functional.cross_entropy(logits, masks, ignore_index=255)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    results["seg_s_per_iter"] = timed(seg_step, args.iters)
+    results["peak_memory_mb"] = peak_memory_mb(device)
+    for key, value in results.items():
+        print(f"{key:28} {value:.4g}" if isinstance(value, float) else f"{key:28} {value}")
+    if args.json:
+        save_json(args.json, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
