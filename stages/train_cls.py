@@ -39,7 +39,7 @@ from rca.data.transforms import eval_transform, train_transform
 from rca.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from rca.engine.distributed import cleanup_distributed, init_distributed, unwrap
 from rca.engine.logs import peak_memory_mb, setup_logger, tensorboard_writer
-from rca.engine.seeding import seed_epoch, worker_init_fn
+from rca.engine.seeding import seed_epoch, seed_everything, worker_init_fn
 from rca.io import save_json
 from rca.losses import mixed_semantic_contrast_loss, semantic_contrast_loss
 from rca.metrics import average_precision
@@ -62,11 +62,11 @@ def contrast_loss(outputs: dict, memory, cfg) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def evaluate_tags(model, dataset, device) -> dict:
+def evaluate_tags(model, dataset, device, num_workers: int = 0) -> dict:
     """Tag-prediction mAP (percent) and per-class AP on a split, one full-size image at a time."""
     model.eval()
     scores, targets = [], []
-    for item in DataLoader(dataset, batch_size=1, num_workers=2):
+    for item in DataLoader(dataset, batch_size=1, num_workers=num_workers):
         scores.append(torch.sigmoid(model(item["image"].to(device))["scores"].float()).cpu())
         targets.append(item["tags"])
     model.train()
@@ -92,8 +92,6 @@ def main(argv=None) -> int:
         if not args.resume:
             log.error("%s holds an unfinished run: pass --resume to continue or --overwrite", last_path)
             return 2
-    if ctx.is_main:
-        save_config(config, out_dir / "config.yaml")
 
     data = config.data
     crop = cfg.crop_size
@@ -114,6 +112,7 @@ def main(argv=None) -> int:
         memory_size=cfg.memory_size, memory_mode=cfg.memory_mode, memory_momentum=cfg.memory_momentum,
         num_centres=cfg.num_centres, aggregation=cfg.aggregation,
     )
+    seed_everything(config.seed)  # the random initialisation follows the config's seed
     raw_model = build_classifier(**model_args).to(ctx.device)
     model = raw_model
     if ctx.distributed:
@@ -144,6 +143,11 @@ def main(argv=None) -> int:
 
     start_epoch, best_map, history = 0, -1.0, []
     if resume_state is not None:
+        if resume_state["scheduler"]["total_iters"] != scheduler.total_iters:
+            log.error("%s was trained with a schedule of %d iterations, this config gives %d (cls.epochs or "
+                      "cls.batch_size changed): resume with the same values or pass --overwrite", last_path,
+                      resume_state["scheduler"]["total_iters"], scheduler.total_iters)
+            return 2
         raw_model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
@@ -152,6 +156,8 @@ def main(argv=None) -> int:
         start_epoch, best_map, history = resume_state["epoch"] + 1, resume_state["best_map"], resume_state["history"]
         log.info("resumed from %s at epoch %d", last_path, start_epoch)
 
+    if ctx.is_main:
+        save_config(config, out_dir / "config.yaml")
     writer = tensorboard_writer(out_dir / "tb", ctx.is_main)
     sampler = DistributedSampler(train_set, ctx.world_size, ctx.rank, shuffle=True, seed=config.seed, drop_last=True)
     log.info("%d training images, %d iterations/epoch, %d epochs, method %s, device %s x %d",
@@ -200,7 +206,7 @@ def main(argv=None) -> int:
         record = {"epoch": epoch, "s_per_iter": seconds_per_iter, "peak_memory_mb": peak_memory_mb(ctx.device)}
         record.update({f"train_{k}": v / iters_per_epoch for k, v in sums.items()})
         if val_set is not None and ctx.is_main:
-            tag_scores = evaluate_tags(raw_model, val_set, ctx.device)
+            tag_scores = evaluate_tags(raw_model, val_set, ctx.device, data.num_workers)
             record["val_map"] = tag_scores["map"]
             record["val_ap"] = dict(zip(class_names, tag_scores["ap"]))
         history.append(record)

@@ -38,7 +38,7 @@ from rca.data.transforms import denormalize, eval_transform, train_transform
 from rca.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from rca.engine.distributed import cleanup_distributed, init_distributed, unwrap
 from rca.engine.logs import peak_memory_mb, setup_logger, tensorboard_writer
-from rca.engine.seeding import seed_epoch, worker_init_fn
+from rca.engine.seeding import seed_epoch, seed_everything, worker_init_fn
 from rca.io import save_json
 from rca.models.deeplab import build_deeplab, deeplab_param_groups
 from rca.metrics import format_iou_table
@@ -137,8 +137,6 @@ def main(argv=None) -> int:
         if not args.resume:
             log.error("%s holds an unfinished run: pass --resume to continue or --overwrite", last_path)
             return 2
-    if ctx.is_main:
-        save_config(config, out_dir / "config.yaml")
 
     transform = train_transform(cfg.crop_size, scale_range=cfg.scale_range, color_jitter=cfg.color_jitter)
     if cfg.labels == "pseudo":
@@ -155,6 +153,7 @@ def main(argv=None) -> int:
         num_classes=train_set.num_classes, backbone=cfg.backbone, output_stride=cfg.output_stride,
         pretrained=cfg.pretrained, multi_scale=cfg.multi_scale, freeze_bn=cfg.freeze_bn,
     )
+    seed_everything(config.seed)  # the random initialisation follows the config's seed
     raw_model = build_deeplab(**model_args).to(ctx.device)
     model: nn.Module = raw_model
     if ctx.distributed:
@@ -169,6 +168,11 @@ def main(argv=None) -> int:
 
     iteration, best_miou, history = 0, -1.0, []
     if resume_state is not None:
+        if resume_state["scheduler"]["total_iters"] != cfg.iterations:
+            log.error("%s was trained with a schedule of %d iterations, this config gives %d: resume with the "
+                      "same seg.iterations or pass --overwrite", last_path, resume_state["scheduler"]["total_iters"],
+                      cfg.iterations)
+            return 2
         unwrap(model).load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
@@ -177,6 +181,8 @@ def main(argv=None) -> int:
         iteration, best_miou, history = resume_state["iteration"], resume_state["best_miou"], resume_state["history"]
         log.info("resumed from %s at iteration %d", last_path, iteration)
 
+    if ctx.is_main:
+        save_config(config, out_dir / "config.yaml")
     writer = tensorboard_writer(out_dir / "tb", ctx.is_main)
     log.info("%d training images (%s labels), %d iterations, batch %d x %d, device %s",
              len(train_set), cfg.labels, cfg.iterations, cfg.batch_size, ctx.world_size, ctx.device)
