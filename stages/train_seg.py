@@ -35,7 +35,7 @@ from rca.config import add_config_args, config_from_args, config_to_dict, save_c
 from rca.data import build_dataset
 from rca.data.pseudo import WithPseudoLabels
 from rca.data.transforms import denormalize, eval_transform, train_transform
-from rca.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rca.engine.checkpoint import load_checkpoint, restore_training_state, save_training_state
 from rca.engine.distributed import cleanup_distributed, init_distributed, unwrap
 from rca.engine.logs import peak_memory_mb, setup_logger, tensorboard_writer
 from rca.engine.seeding import seed_epoch, seed_everything, worker_init_fn
@@ -173,11 +173,7 @@ def main(argv=None) -> int:
                       "same seg.iterations or pass --overwrite", last_path, resume_state["scheduler"]["total_iters"],
                       cfg.iterations)
             return 2
-        unwrap(model).load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        scaler.load_state_dict(resume_state["scaler"])
-        set_rng_state(resume_state["rng"])
+        restore_training_state(resume_state, unwrap(model), optimizer, scheduler, scaler)
         iteration, best_miou, history = resume_state["iteration"], resume_state["best_miou"], resume_state["history"]
         log.info("resumed from %s at iteration %d", last_path, iteration)
 
@@ -235,12 +231,7 @@ def main(argv=None) -> int:
                     "class_names": train_set.class_names, "palette": train_set.palette, "iteration": iteration,
                     "best_miou": best_miou, "history": history, "config": config_to_dict(config),
                 }
-                if improved:
-                    save_checkpoint(out_dir / "best.pt", state)
-                save_checkpoint(last_path, {
-                    **state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(), "rng": rng_state(),
-                })
+                save_training_state(out_dir, state, improved, optimizer, scheduler, scaler)
                 best = max(history, key=lambda r: r.get("val_miou", -1))
                 save_json(out_dir / "metrics.json", {
                     "labels": cfg.labels, "iterations_done": iteration, "iterations": cfg.iterations,

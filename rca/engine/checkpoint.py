@@ -47,3 +47,32 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_state(out_dir: str | Path, state: dict[str, Any], improved: bool,
+                        optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any) -> None:
+    """Write ``out_dir/best.pt`` (``state``, only when ``improved``) and ``out_dir/last.pt``.
+
+    ``last.pt`` adds what :func:`restore_training_state` needs to continue exactly: the
+    optimizer, LR scheduler and AMP grad-scaler states and the global RNG states.
+    """
+    out_dir = Path(out_dir)
+    if improved:
+        save_checkpoint(out_dir / "best.pt", state)
+    save_checkpoint(out_dir / "last.pt", {
+        **state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(), "rng": rng_state(),
+    })
+
+
+def restore_training_state(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                           scheduler: Any, scaler: Any) -> None:
+    """Load a ``last.pt`` written by :func:`save_training_state` into the live training objects.
+
+    ``model`` is the unwrapped module (not the DDP wrapper). Also restores the global RNG states.
+    """
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
