@@ -132,6 +132,16 @@ class ConfusionMatrix:
                              f" and is not the ignore index {self.ignore_index}; check num_classes and the"
                              f" label encoding")
 
+    def merge(self, other: "ConfusionMatrix") -> None:
+        """Add the counts of ``other`` (e.g. one computed in a worker process) to these.
+
+        Raises:
+            ValueError: if ``other`` has a different number of classes.
+        """
+        if other.num_classes != self.num_classes:
+            raise ValueError(f"ConfusionMatrix.merge: {other.num_classes} classes into {self.num_classes}")
+        self.matrix += other.matrix.to(self.matrix.device)
+
     def all_reduce(self) -> None:
         """Sum the counts over all ranks when ``torch.distributed`` is initialised (no-op otherwise)."""
         self.matrix = _all_reduce_sum(self.matrix)
@@ -205,6 +215,12 @@ class PseudoLabelMetrics:
         self.lenient.update(pseudo_label, target, drop_pred_ignore=True)
         size = int(np.prod(tuple(pseudo_label.shape)))
         self.labelled += torch.tensor([size - int(unlabelled.sum()), size])
+
+    def merge(self, other: "PseudoLabelMetrics") -> None:
+        """Add the counts of ``other`` (e.g. one computed in a worker process) to these."""
+        self.strict.merge(other.strict)
+        self.lenient.merge(other.lenient)
+        self.labelled += other.labelled
 
     def all_reduce(self) -> None:
         """Sum the counts over all ranks when ``torch.distributed`` is initialised (no-op otherwise)."""

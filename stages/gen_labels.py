@@ -246,9 +246,7 @@ def main(argv=None) -> int:
     seed_crf = scores_of(sum(r[0] for r in results), dataset)
     pseudo = PseudoLabelMetrics(dataset.num_classes, dataset.has_background, class_names=dataset.class_names)
     for _, part in results:
-        pseudo.strict.matrix += part.strict.matrix
-        pseudo.lenient.matrix += part.lenient.matrix
-        pseudo.labelled += part.labelled
+        pseudo.merge(part)
     pseudo_scores = pseudo.compute()
 
     metrics = {

@@ -93,6 +93,25 @@ def test_strict_equals_lenient_without_unlabelled_pixels():
     assert result["labelled_fraction"] == 100.0
 
 
+def test_merging_per_image_metrics_equals_one_pass():
+    rng = np.random.default_rng(2)
+    pairs = []
+    for _ in range(3):
+        pred, target = rng.integers(0, 5, (10, 10)), rng.integers(0, 5, (10, 10))
+        pred[rng.random(pred.shape) < 0.3] = 255
+        pairs.append((pred, target))
+    one_pass = PseudoLabelMetrics(5, has_background=True)
+    merged = PseudoLabelMetrics(5, has_background=True)
+    for pred, target in pairs:
+        one_pass.update(pred, target)
+        part = PseudoLabelMetrics(5, has_background=True)
+        part.update(pred, target)
+        merged.merge(part)
+    assert merged.compute() == one_pass.compute()
+    with pytest.raises(ValueError, match="classes"):
+        merged.strict.merge(ConfusionMatrix(4))
+
+
 def test_all_reduce_sums_over_one_process_group(tmp_path):
     matrix = ConfusionMatrix(4)
     matrix.update(PRED, TARGET)
