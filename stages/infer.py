@@ -66,8 +66,7 @@ def main(argv=None) -> int:
     for path in tqdm(list_images(Path(args.input)), desc="infer"):
         with Image.open(path) as image:
             rgb = np.array(image.convert("RGB"))  # a writable copy (torch.from_numpy warns on a read-only one)
-        item = {"id": path.stem, "image": rgb, "tags": np.zeros(0, np.float32)}  # no image-level tags here
-        probs = predict_probs(model, to_tensor(item)["image"], args.scales, args.flip)
+        probs = predict_probs(model, to_tensor({"id": path.stem, "image": rgb})["image"], args.scales, args.flip)
         if args.crf:
             prediction = dense_crf(rgb, probs.cpu().numpy(), preset="deeplab").argmax(0)
         else:

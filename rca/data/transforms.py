@@ -65,10 +65,10 @@ class _RandomRescale(v2.Transform):
 class JointTransform:
     """Apply a v2 pipeline to an item's image and mask together; return tensors.
 
-    Input item: ``image`` (H, W, 3) uint8 numpy RGB, optional ``mask`` (H, W) integer numpy, ``tags``
-    (T,) float numpy, ``id`` and any other keys (passed through unchanged).
-    Output item: ``image`` (3, H', W') float32 tensor, ``mask`` (H', W') int64 tensor (when the input
-    had one), ``tags`` (T,) float32 tensor.
+    Input item: ``image`` (H, W, 3) uint8 numpy RGB, optional ``mask`` (H, W) integer numpy, optional
+    ``tags`` (T,) float numpy, ``id`` and any other keys (passed through unchanged).
+    Output item: ``image`` (3, H', W') float32 tensor, ``mask`` (H', W') int64 tensor and ``tags``
+    (T,) float32 tensor (each when the input had one).
     """
 
     def __init__(self, pipeline: v2.Transform) -> None:
@@ -85,7 +85,8 @@ class JointTransform:
         result["image"] = outputs[0].as_subclass(torch.Tensor)
         if "mask" in item:
             result["mask"] = outputs[1].as_subclass(torch.Tensor)
-        result["tags"] = torch.as_tensor(item["tags"], dtype=torch.float32)
+        if "tags" in item:
+            result["tags"] = torch.as_tensor(item["tags"], dtype=torch.float32)
         return result
 
     def __repr__(self) -> str:
@@ -122,7 +123,7 @@ def train_transform(
     Returns:
         A callable item -> item with ``image`` (3, crop, crop) float32 normalised, ``mask``
         (crop, crop) int64 with 255 in padding and ignore regions (when the item has a mask),
-        ``tags`` float32 tensor, ``id`` unchanged.
+        ``tags`` float32 tensor (when the item has tags), ``id`` unchanged.
 
     Raises:
         ValueError: both ``resize_long`` and ``scale_range`` given, or a bad range / crop size.
@@ -153,7 +154,7 @@ def eval_transform(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] =
 
     Returns:
         A callable item -> item with ``image`` (3, H, W) float32 normalised, ``mask`` (H, W) int64
-        (when the item has a mask), ``tags`` float32 tensor, ``id`` unchanged.
+        (when the item has a mask), ``tags`` float32 tensor (when it has tags), ``id`` unchanged.
     """
     return JointTransform(v2.Compose(_normalize(mean, std)))
 

@@ -14,6 +14,8 @@ from torch.utils.tensorboard import SummaryWriter
 def setup_logger(name: str, log_file: Path | None, is_main: bool) -> logging.Logger:
     """A logger printing to stdout (and appending to ``log_file``) on rank 0, silent elsewhere."""
     logger = logging.getLogger(name)
+    for handler in logger.handlers:
+        handler.close()
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(logging.INFO if is_main else logging.WARNING)
