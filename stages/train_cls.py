@@ -36,7 +36,7 @@ from tqdm import tqdm
 from rca.config import add_config_args, config_from_args, config_to_dict, save_config
 from rca.data import build_dataset
 from rca.data.transforms import eval_transform, train_transform
-from rca.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rca.engine.checkpoint import load_checkpoint, restore_training_state, save_training_state
 from rca.engine.distributed import cleanup_distributed, init_distributed, unwrap
 from rca.engine.logs import peak_memory_mb, setup_logger, tensorboard_writer
 from rca.engine.seeding import seed_epoch, seed_everything, worker_init_fn
@@ -148,11 +148,7 @@ def main(argv=None) -> int:
                       "cls.batch_size changed): resume with the same values or pass --overwrite", last_path,
                       resume_state["scheduler"]["total_iters"], scheduler.total_iters)
             return 2
-        raw_model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        scaler.load_state_dict(resume_state["scaler"])
-        set_rng_state(resume_state["rng"])
+        restore_training_state(resume_state, raw_model, optimizer, scheduler, scaler)
         start_epoch, best_map, history = resume_state["epoch"] + 1, resume_state["best_map"], resume_state["history"]
         log.info("resumed from %s at epoch %d", last_path, start_epoch)
 
@@ -205,13 +201,18 @@ def main(argv=None) -> int:
             raw_model.update_centres()
         record = {"epoch": epoch, "s_per_iter": seconds_per_iter, "peak_memory_mb": peak_memory_mb(ctx.device)}
         record.update({f"train_{k}": v / iters_per_epoch for k, v in sums.items()})
+        if cfg.method == "rca":
+            filled = raw_model.memory.num_filled
+            record["memory_entries"], record["memory_classes"] = int(filled.sum()), int((filled > 0).sum())
         if val_set is not None and ctx.is_main:
             tag_scores = evaluate_tags(raw_model, val_set, ctx.device, data.num_workers)
             record["val_map"] = tag_scores["map"]
             record["val_ap"] = dict(zip(class_names, tag_scores["ap"]))
         history.append(record)
-        log.info("epoch %d: loss %.4f (cls %.4f, contrast %.4f), %.3f s/iter%s", epoch, record["train_loss"],
+        log.info("epoch %d: loss %.4f (cls %.4f, contrast %.4f), %.3f s/iter%s%s", epoch, record["train_loss"],
                  record["train_cls"], record["train_contrast"], seconds_per_iter,
+                 f", memory {record['memory_entries']} entries of {record['memory_classes']} classes"
+                 if "memory_entries" in record else "",
                  f", val mAP {record['val_map']:.2f}" if "val_map" in record else "")
         if writer is not None:
             writer.add_scalar("cls/epoch_loss", record["train_loss"], epoch)
@@ -227,12 +228,7 @@ def main(argv=None) -> int:
                 "has_background": train_set.has_background, "epoch": epoch, "best_map": best_map,
                 "history": history, "config": config_to_dict(config),
             }
-            if improved:
-                save_checkpoint(out_dir / "best.pt", state)
-            save_checkpoint(last_path, {
-                **state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": rng_state(),
-            })
+            save_training_state(out_dir, state, improved, optimizer, scheduler, scaler)
             save_json(out_dir / "metrics.json", {
                 "method": cfg.method, "epochs_done": epoch + 1, "epochs": cfg.epochs,
                 "best_val_map": best_map if val_set is not None else None,

@@ -231,6 +231,9 @@ def test_train_cls_writes_metrics_and_the_resolved_config(pipeline, mini_config)
     assert metrics["best_val_map"] == max(val_maps)
     assert list(metrics["val_ap_by_class"]) == CLASS_NAMES[1:]
     assert load_config(out / "config.yaml") == load_config(mini_config)
+    filled = load_checkpoint(out / "last.pt")["model"]["memory.filled"]  # the memory fill is logged as it is
+    assert metrics["history"][-1]["memory_entries"] == int(filled.sum())
+    assert metrics["history"][-1]["memory_classes"] == int((filled > 0).sum())
 
     # best.pt is the best epoch, and its val mAP is the one reported (recomputed here)
     best = load_checkpoint(out / "best.pt")
