@@ -30,6 +30,24 @@ def upsample_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
+def segmentation_loss(outputs: dict, masks: Tensor) -> Tensor:
+    """DeepLab-v2 training loss: cross-entropy (255 ignored) on logits upsampled to the mask size.
+
+    With MSC (:class:`rca.models.deeplab.MSC`) the loss is summed over the three scales' logits and
+    their max fusion, as in DeepLab-v2's multi-scale training.
+
+    Args:
+        outputs: the model's dict: ``"logits"`` ``(B, C, h, w)`` and, under MSC, ``"logits_scales"``
+            (a list of ``(B, C, h_s, w_s)``).
+        masks: ``(B, H, W)`` int64 labels in ``0 .. C - 1`` or 255.
+
+    Returns:
+        Scalar float tensor (nats per labelled pixel, summed over the outputs).
+    """
+    logits = outputs.get("logits_scales", []) + [outputs["logits"]]
+    return sum(F.cross_entropy(upsample_logits(x, masks.shape[-2:]), masks, ignore_index=255) for x in logits)
+
+
 def predict_probs(model: nn.Module, image: Tensor, scales: Sequence[float] = (1.0,), flip: bool = False) -> Tensor:
     """Class probabilities of one image, averaged over scales (and horizontal flips).
 

@@ -22,9 +22,10 @@ from rca.data import build_dataset
 from rca.data.transforms import eval_transform
 from rca.engine.logs import peak_memory_mb
 from rca.io import save_json
-from rca.models.classifier import build_classifier, rca_classification_loss
-from rca.models.deeplab import build_deeplab
+from rca.models.classifier import build_classifier, classifier_args, rca_classification_loss
+from rca.models.deeplab import build_deeplab, deeplab_args
 from rca.pseudo_labels import make_pseudo_label
+from rca.segment import segmentation_loss
 
 
 def timed(function, repeats: int) -> float:
@@ -50,8 +51,7 @@ def main(argv=None) -> int:
     results = {"config": config.name, "device": str(device), "threads": torch.get_num_threads()}
 
     cls = config.cls
-    model = build_classifier(num_tags, cls.backbone, cls.output_stride, "none", cls.method, cls.embed_dim,
-                             cls.memory_size, num_centres=cls.num_centres).to(device)
+    model = build_classifier(**{**classifier_args(cls, num_tags), "pretrained": "none"}).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     images = torch.randn(cls.batch_size, 3, cls.crop_size, cls.crop_size, device=device)
     tags = (torch.rand(cls.batch_size, num_tags, device=device) < 0.3).float()
@@ -75,15 +75,13 @@ def main(argv=None) -> int:
     results["crf_images_per_s_3_classes"] = 1 / crf_time
 
     seg = config.seg
-    deeplab = build_deeplab(dataset.num_classes, seg.backbone, seg.output_stride, "none", seg.multi_scale,
-                            seg.freeze_bn).to(device)
+    deeplab = build_deeplab(**{**deeplab_args(seg, dataset.num_classes), "pretrained": "none"}).to(device)
     optimizer = torch.optim.SGD(deeplab.parameters(), lr=1e-3, momentum=0.9)
     images = torch.randn(seg.batch_size, 3, seg.crop_size, seg.crop_size, device=device)
     masks = torch.randint(0, dataset.num_classes, (seg.batch_size, seg.crop_size, seg.crop_size), device=device)
 
     def seg_step():
-        logits = torch.nn.functional.interpolate(deeplab(images)["logits"], masks.shape[-2:], mode="bilinear")
-        loss = torch.nn.functional.cross_entropy(logits, masks, ignore_index=255)
+        loss = segmentation_loss(deeplab(images), masks)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

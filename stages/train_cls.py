@@ -37,13 +37,13 @@ from rca.config import add_config_args, config_from_args, config_to_dict, save_c
 from rca.data import build_dataset
 from rca.data.transforms import eval_transform, train_transform
 from rca.engine.checkpoint import load_checkpoint, restore_training_state, save_training_state
-from rca.engine.distributed import cleanup_distributed, init_distributed, unwrap
+from rca.engine.distributed import cleanup_distributed, init_distributed
 from rca.engine.logs import peak_memory_mb, setup_logger, tensorboard_writer
 from rca.engine.seeding import seed_epoch, seed_everything, worker_init_fn
 from rca.io import save_json
 from rca.losses import mixed_semantic_contrast_loss, semantic_contrast_loss
 from rca.metrics import average_precision
-from rca.models.classifier import build_classifier, rca_classification_loss
+from rca.models.classifier import build_classifier, classifier_args, rca_classification_loss
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -106,12 +106,7 @@ def main(argv=None) -> int:
     num_tags = train_set.num_classes - int(train_set.has_background)
     class_names = train_set.class_names[int(train_set.has_background):]
 
-    model_args = dict(
-        num_classes=num_tags, backbone=cfg.backbone, output_stride=cfg.output_stride,
-        pretrained=cfg.pretrained, method=cfg.method, embed_dim=cfg.embed_dim,
-        memory_size=cfg.memory_size, memory_mode=cfg.memory_mode, memory_momentum=cfg.memory_momentum,
-        num_centres=cfg.num_centres, aggregation=cfg.aggregation,
-    )
+    model_args = classifier_args(cfg, num_tags)
     seed_everything(config.seed)  # the random initialisation follows the config's seed
     raw_model = build_classifier(**model_args).to(ctx.device)
     model = raw_model

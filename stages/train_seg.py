@@ -25,7 +25,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
@@ -40,9 +39,9 @@ from rca.engine.distributed import cleanup_distributed, init_distributed, unwrap
 from rca.engine.logs import peak_memory_mb, setup_logger, tensorboard_writer
 from rca.engine.seeding import seed_epoch, seed_everything, worker_init_fn
 from rca.io import save_json
-from rca.models.deeplab import build_deeplab, deeplab_param_groups
+from rca.models.deeplab import build_deeplab, deeplab_args, deeplab_param_groups
 from rca.metrics import format_iou_table
-from rca.segment import evaluate_segmentation, predict_probs, upsample_logits
+from rca.segment import evaluate_segmentation, predict_probs, segmentation_loss
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,12 +53,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", default=None, help="checkpoint for --eval-only (default DIR/seg/best.pt)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     return parser.parse_args(argv)
-
-
-def segmentation_loss(outputs: dict, masks: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy (255 ignored) on logits upsampled to the mask size, summed over MSC outputs."""
-    logits = outputs.get("logits_scales", []) + [outputs["logits"]]
-    return sum(F.cross_entropy(upsample_logits(x, masks.shape[-2:]), masks, ignore_index=255) for x in logits)
 
 
 def batches(dataset, cfg, num_workers: int, seed: int, ctx, start_iteration: int):
@@ -149,10 +142,7 @@ def main(argv=None) -> int:
     else:
         raise ValueError(f"seg.labels must be 'pseudo' or 'gt', got {cfg.labels!r}")
 
-    model_args = dict(
-        num_classes=train_set.num_classes, backbone=cfg.backbone, output_stride=cfg.output_stride,
-        pretrained=cfg.pretrained, multi_scale=cfg.multi_scale, freeze_bn=cfg.freeze_bn,
-    )
+    model_args = deeplab_args(cfg, train_set.num_classes)
     seed_everything(config.seed)  # the random initialisation follows the config's seed
     raw_model = build_deeplab(**model_args).to(ctx.device)
     model: nn.Module = raw_model

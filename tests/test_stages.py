@@ -34,7 +34,7 @@ from rca.io import load_label_png, load_npy
 from rca.metrics import ConfusionMatrix, average_precision
 from rca.models.classifier import build_classifier
 from rca.models.deeplab import build_deeplab, deeplab_param_groups
-from rca.segment import predict_probs
+from rca.segment import predict_probs, segmentation_loss
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_IMAGES, IMAGE_SIZE, NUM_FOREGROUND = 16, 48, 2
@@ -424,12 +424,12 @@ def test_one_training_step_lowers_the_segmentation_loss():
     masks = torch.stack([torch.as_tensor(item["mask"]) for item in items])
     lr = SegConfig().lr
     optimizer = torch.optim.SGD(deeplab_param_groups(model, lr), lr=lr, momentum=0.9)
-    loss = train_seg.segmentation_loss(model(images), masks)
+    loss = segmentation_loss(model(images), masks)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
     with torch.no_grad():
-        assert train_seg.segmentation_loss(model(images), masks) < loss.detach()
+        assert segmentation_loss(model(images), masks) < loss.detach()
 
 
 def test_train_seg_checkpoint_lr_and_resume(pipeline, mini_config, tmp_path, monkeypatch):

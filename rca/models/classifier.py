@@ -298,6 +298,17 @@ def rca_classification_loss(outputs: dict, tags: torch.Tensor,
     return loss
 
 
+def classifier_args(cfg, num_classes: int) -> dict:
+    """Keyword arguments of :func:`build_classifier` from a ``cls`` config section
+    (:class:`rca.config.ClsConfig`); checkpoints store them as ``model_args``."""
+    return dict(
+        num_classes=num_classes, backbone=cfg.backbone, output_stride=cfg.output_stride,
+        pretrained=cfg.pretrained, method=cfg.method, embed_dim=cfg.embed_dim,
+        memory_size=cfg.memory_size, memory_mode=cfg.memory_mode, memory_momentum=cfg.memory_momentum,
+        num_centres=cfg.num_centres, aggregation=cfg.aggregation,
+    )
+
+
 def build_classifier(num_classes: int, backbone: str = "resnet50", output_stride: int = 16,
                      pretrained: str = "none", method: str = "rca", embed_dim: int = 128,
                      memory_size: int = 500, memory_mode: str = "fifo",

@@ -156,6 +156,13 @@ def build_deeplab(
     return MSC(model) if multi_scale else model
 
 
+def deeplab_args(cfg, num_classes: int) -> dict:
+    """Keyword arguments of :func:`build_deeplab` from a ``seg`` config section
+    (:class:`rca.config.SegConfig`); checkpoints store them as ``model_args``."""
+    return dict(num_classes=num_classes, backbone=cfg.backbone, output_stride=cfg.output_stride,
+                pretrained=cfg.pretrained, multi_scale=cfg.multi_scale, freeze_bn=cfg.freeze_bn)
+
+
 def deeplab_param_groups(model: nn.Module, lr: float) -> list[dict]:
     """SGD parameter groups with DeepLab-v2's learning-rate multipliers (released prototxt
     ``lr_mult``/``decay_mult``): backbone 1x, new-layer weights 10x, new-layer biases 20x with no
