@@ -1,4 +1,5 @@
-"""Segmentation inference and evaluation: multi-scale + flip prediction, optional dense CRF, mIoU.
+"""DeepLab-v2 training loss, and segmentation inference and evaluation: multi-scale + flip prediction,
+optional dense CRF, mIoU.
 
 Evaluation protocol (DeepLab-v2, Chen et al. TPAMI 2018; the WSSS papers that train it on pseudo
 labels follow it): the network sees each full-size val image at every scale in ``scales`` (and its
