@@ -10,11 +10,15 @@ import inspect
 import os
 from collections.abc import Callable
 
+from rca.data.ade20k import ADE20K
 from rca.data.base import Item, SegmentationDataset
 from rca.data.camvid import CamVid
+from rca.data.cityscapes import Cityscapes
 from rca.data.coco import COCOSegmentation
+from rca.data.cocostuff import COCOStuff
 from rca.data.folder import FolderSegmentation
 from rca.data.palette import IGNORE_INDEX, make_palette
+from rca.data.pascal_context import PascalContext
 from rca.data.synthetic import SyntheticShapes
 from rca.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, eval_transform, train_transform
 from rca.data.voc import VOCSegmentation
@@ -24,6 +28,10 @@ DATASETS: dict[str, type[SegmentationDataset]] = {
     "coco": COCOSegmentation,
     "folder": FolderSegmentation,
     "camvid": CamVid,
+    "cityscapes": Cityscapes,
+    "ade20k": ADE20K,
+    "cocostuff": COCOStuff,
+    "pascal_context": PascalContext,
     "synthetic": SyntheticShapes,
 }
 
@@ -41,7 +49,8 @@ def build_dataset(
     transform: Callable[[Item], Item] | None = None,
     **options,
 ) -> SegmentationDataset:
-    """Build dataset ``name`` (``voc``, ``coco``, ``folder``, ``camvid``, ``synthetic``).
+    """Build dataset ``name`` (one of :data:`DATASETS`: ``voc``, ``coco``, ``folder``, ``camvid``,
+    ``cityscapes``, ``ade20k``, ``cocostuff``, ``pascal_context``, ``synthetic``).
 
     Args:
         name: dataset family.
@@ -72,9 +81,13 @@ __all__ = [
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "ADE20K",
     "CamVid",
+    "Cityscapes",
     "COCOSegmentation",
+    "COCOStuff",
     "FolderSegmentation",
+    "PascalContext",
     "SegmentationDataset",
     "SyntheticShapes",
     "VOCSegmentation",

@@ -10,7 +10,7 @@ and ``T = num_classes``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from rca.data.palette import IGNORE_INDEX
+from rca.io import load_label_png
 
 Item = dict[str, Any]
 
@@ -39,6 +40,29 @@ def read_id_list(path: str | os.PathLike, hint: str) -> list[str]:
     if not ids:
         raise ValueError(f"split file {path} lists no images")
     return ids
+
+
+def label_lookup(mapping: Mapping[int, int]) -> np.ndarray:
+    """A lookup table ``raw mask value -> label`` for :func:`apply_lookup`.
+
+    Args:
+        mapping: raw value (>= 0) -> label (0..254, or 255 = ignore). Raw values not in it map to 255.
+
+    Returns:
+        ``(max(256, max raw + 2),)`` int64 array; its last entry is 255, so :func:`apply_lookup` sends
+        every raw value past the table there.
+    """
+    size = max(256, max(mapping, default=0) + 2)
+    table = np.full(size, IGNORE_INDEX, dtype=np.int64)
+    if mapping:
+        table[list(mapping)] = list(mapping.values())
+    return table
+
+
+def apply_lookup(table: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """``(H, W)`` int64 labels ``table[raw]``; raw values beyond the table (or negative) become 255."""
+    raw = np.asarray(raw, dtype=np.int64)
+    return table[np.where((raw < 0) | (raw >= len(table)), len(table) - 1, raw)]
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -146,12 +170,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
         mask = None
         if self.has_masks:
             mask = self.load_mask(index)
-            self._check_mask(index, mask, item["image"].shape[:2])
+            self.check_mask(index, mask, item["image"].shape[:2])
             item["mask"] = mask
         item["tags"] = self._tags[index].copy() if self._tags is not None else self.image_tags(index, mask)
         return self.transform(item) if self.transform is not None else item
 
-    def _check_mask(self, index: int, mask: np.ndarray, image_size: tuple[int, int]) -> None:
+    def check_mask(self, index: int, mask: np.ndarray, image_size: tuple[int, int]) -> None:
+        """Raise ValueError if ``mask`` is not ``image_size`` or holds values other than classes and 255."""
         if mask.shape != image_size:
             raise ValueError(
                 f"{type(self).__name__} item {self.ids[index]!r}: mask is {mask.shape[0]}x{mask.shape[1]} "
@@ -171,3 +196,51 @@ class SegmentationDataset(torch.utils.data.Dataset):
             f"{type(self).__name__}({len(self)} images, {self.num_classes} classes, "
             f"background={self.has_background}, masks={self.has_masks})"
         )
+
+
+class FilePairDataset(SegmentationDataset):
+    """A dataset whose item ``i`` is one image file and one label file mapped through a lookup table.
+
+    The readers of Cityscapes, ADE20K, COCO-Stuff, PASCAL-Context and CamVid differ only in where their
+    files are and how raw label values become labels; they find the files and build the table, this
+    class reads them. Tags are the classes present in the mapped mask.
+
+    Args:
+        ids: image ids.
+        images: image path of each id.
+        masks: label file of each id (read with :meth:`read_raw_mask`).
+        lookup: raw value -> label table from :func:`label_lookup`; ``None``: raw values are labels.
+        class_names, has_background, palette, transform: as in :class:`SegmentationDataset`.
+    """
+
+    def __init__(
+        self,
+        ids: Sequence[str],
+        images: Sequence[Path],
+        masks: Sequence[Path],
+        lookup: np.ndarray | None,
+        class_names: Sequence[str],
+        *,
+        has_background: bool,
+        palette: np.ndarray,
+        transform: Callable[[Item], Item] | None = None,
+    ) -> None:
+        if not len(ids) == len(images) == len(masks):
+            raise ValueError(f"{len(ids)} ids, {len(images)} images and {len(masks)} masks: expected one of each per id")
+        super().__init__(
+            ids, class_names, has_background=has_background, has_masks=True, palette=palette, transform=transform
+        )
+        self.images = list(images)
+        self.masks = list(masks)
+        self.lookup = lookup
+
+    def read_raw_mask(self, path: Path) -> np.ndarray:
+        """``(H, W)`` int64 raw values of a label file (here a palette or greyscale PNG)."""
+        return load_label_png(path)
+
+    def load_image(self, index: int) -> np.ndarray:
+        return read_image(self.images[index])
+
+    def load_mask(self, index: int) -> np.ndarray:
+        raw = self.read_raw_mask(self.masks[index])
+        return raw if self.lookup is None else apply_lookup(self.lookup, raw)

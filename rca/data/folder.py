@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rca.data.base import Item, SegmentationDataset, read_id_list, read_image, require_path
+from rca.data.base import (
+    Item, SegmentationDataset, apply_lookup, label_lookup, read_id_list, read_image, require_path,
+)  # fmt: skip
 from rca.data.palette import IGNORE_INDEX, make_palette
 from rca.io import load_label_png
 
@@ -112,9 +114,7 @@ class FolderSegmentation(SegmentationDataset):
             bad = {k: v for k, v in self.value_map.items() if k < 0 or not 0 <= v <= IGNORE_INDEX}
             if bad:
                 raise ValueError(f"value_map entries {bad} are invalid: keys must be >= 0, labels in 0..255")
-            # raw value -> label; the last entry is past every key, so it is 255 and takes larger raws
-            self._lookup = np.full(max(256, max(self.value_map, default=0) + 2), IGNORE_INDEX, dtype=np.int64)
-            self._lookup[list(self.value_map)] = list(self.value_map.values())
+            self._lookup = label_lookup(self.value_map)
         class_names = _label_names(read_class_file(class_path), self.value_map, class_path)
         super().__init__(
             ids, class_names, has_background=has_background, has_masks=True,
@@ -133,4 +133,4 @@ class FolderSegmentation(SegmentationDataset):
         raw = load_label_png(self.mask_dir / f"{self.ids[index]}{self.mask_ext}")
         if self.value_map is None:
             return raw
-        return self._lookup[np.minimum(raw, len(self._lookup) - 1)]
+        return apply_lookup(self._lookup, raw)
