@@ -39,13 +39,15 @@ VOC_CLASSES = (
 )  # fmt: skip
 
 
-def _resolve_root(root: Path) -> Path:
+def resolve_root(root: Path) -> Path:
+    """The VOC2012 folder: ``root`` itself or ``root/VOCdevkit/VOC2012`` (raises FileNotFoundError)."""
     for candidate in (root, root / "VOCdevkit" / "VOC2012"):
         if (candidate / "JPEGImages").is_dir():
             return candidate
     raise FileNotFoundError(
         f"PASCAL VOC not found under {root}: expected {root}/JPEGImages or "
-        f"{root}/VOCdevkit/VOC2012/JPEGImages. Set `data.root` to the VOC2012 folder."
+        f"{root}/VOCdevkit/VOC2012/JPEGImages. Set `data.root` to the VOC2012 folder (scripts/download_voc.sh "
+        f"fetches it; scripts/prepare_voc.py adds SegmentationClassAug, train_aug.txt and cls_labels.npy)."
     )
 
 
@@ -99,9 +101,12 @@ class VOCSegmentation(SegmentationDataset):
         *,
         cls_labels: str | os.PathLike | None = None,
     ) -> None:
-        self.root = _resolve_root(Path(root).expanduser())
+        self.root = resolve_root(Path(root).expanduser())
         split_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
-        hint = "Choose a split that has a list there, or set `data.root` to the VOC2012 folder."
+        hint = (
+            "Choose a split that has a list there, or set `data.root` to the VOC2012 folder; "
+            "train_aug.txt is written by scripts/prepare_voc.py."
+        )
         ids = [Path(line.split()[0]).stem for line in read_id_list(split_file, hint)]
         mask_dir = self.root / "SegmentationClassAug"
         self.mask_dir = mask_dir if mask_dir.is_dir() else self.root / "SegmentationClass"
@@ -124,8 +129,8 @@ class VOCSegmentation(SegmentationDataset):
         if missing and len(missing) < len(ids):
             raise FileNotFoundError(
                 f"VOC split {split!r}: {len(missing)} of {len(ids)} masks are missing from {self.mask_dir} "
-                f"(e.g. {self.mask_dir / (missing[0] + '.png')}). For train_aug, put the SBD-augmented "
-                f"masks in {self.root / 'SegmentationClassAug'}."
+                f"(e.g. {self.mask_dir / (missing[0] + '.png')}). For train_aug, write the SBD-augmented "
+                f"masks to {self.root / 'SegmentationClassAug'} with scripts/prepare_voc.py."
             )
         return not missing
 

@@ -1,0 +1,75 @@
+"""Check a dataset on disk: images and masks per split, missing or unreadable files, size mismatches,
+label values, and the class pixel histogram. Exits 1 with the list of problems if there are any.
+
+    python scripts/check_dataset.py --config rca/configs/camvid.yaml --set data.root=../shared/data/camvid
+    python scripts/check_dataset.py --name coco --root ../shared/data/coco_mini --split train2017 \
+        --option skip_empty=true
+
+With ``--config`` the splits checked are ``data.train_split`` and ``data.val_split`` (``--split``
+replaces them) with ``data.options``; ``--option key=value`` (value parsed as YAML) adds or replaces
+dataset options either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from rca.config import load_config
+from rca.data import build_dataset
+from rca.data.check import check_split, format_report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="experiment YAML: dataset name, root, splits and options")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, as in the stages (e.g. --set data.root=...)")
+    parser.add_argument("--name", help="dataset name (without --config)")
+    parser.add_argument("--root", help="dataset root (without --config, or to replace data.root)")
+    parser.add_argument("--split", nargs="+", help="split(s) to check")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="dataset option")
+    parser.add_argument("--workers", type=int, default=0, help="reader processes")
+    parser.add_argument("--limit", type=int, default=None, help="check only the first N items of each split")
+    args = parser.parse_args(argv)
+
+    if args.config:
+        data = load_config(args.config, args.overrides).data
+        name, root, options = data.name, data.root, dict(data.options)
+        splits = [split for split in (data.train_split, data.val_split) if split is not None]
+    elif args.name and args.split:
+        name, root, options, splits = args.name, args.root, {}, []
+    else:
+        parser.error("give --config FILE, or --name, --root and --split")
+    root = args.root or root
+    splits = args.split or splits
+    for assignment in args.option:
+        key, sep, value = assignment.partition("=")
+        if not sep:
+            parser.error(f"--option {assignment!r}: expected key=value")
+        options[key] = yaml.safe_load(value)
+
+    problems = []
+    for split in dict.fromkeys(splits):  # each split once, in order
+        try:
+            dataset = build_dataset(name, root, split, **options)
+        except (OSError, ValueError, TypeError) as error:
+            problems.append(f"split {split}: cannot open the dataset: {error}")
+            print(f"split {split}: cannot open the dataset")
+            continue
+        report = check_split(dataset, split, workers=args.workers, limit=args.limit)
+        print(format_report(report, dataset.class_names))
+        problems += [f"split {split}: {problem}" for problem in report.problems]
+    if problems:
+        print(f"\n{len(problems)} problem(s):", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    print("\nno problems found")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
