@@ -50,7 +50,7 @@ def write_label_pngs(
     """
     todo = [(convert, Path(out), source, palette) for out, source in jobs if overwrite or not Path(out).exists()]
     if workers > 1 and len(todo) > 1:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        with multiprocessing.Pool(workers) as pool:
             for _ in tqdm(pool.imap_unordered(_convert_one, todo, chunksize=16), total=len(todo), desc=desc):
                 pass
     else:
