@@ -14,6 +14,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from rca.config import load_config
 from rca.data import DATASETS, build_dataset
 from rca.data.ade20k import ADE20K_CLASSES
 from rca.data.cityscapes import CITYSCAPES_CLASSES
@@ -44,12 +45,16 @@ def test_registry_lists_every_benchmark():
 
 
 # ---------------------------------------------------------------------------------------- Cityscapes
-def test_cityscapes_label_ids_to_train_ids(tmp_path):
+def cityscapes_fixture(root: Path) -> Path:
     raw = [[7, 8, 0, 26], [33, 4, 30, 255]]  # road, sidewalk, unlabeled, car / bicycle, static, trailer, >33
     for city, frame in (("zurich", "000001_000019"), ("aachen", "000000_000019")):
-        write_image(tmp_path / "leftImg8bit" / "val" / city / f"{city}_{frame}_leftImg8bit.png", 2, 4)
-        write_grey(tmp_path / "gtFine" / "val" / city / f"{city}_{frame}_gtFine_labelIds.png", raw)
-    dataset = build_dataset("cityscapes", tmp_path, "val")
+        write_image(root / "leftImg8bit" / "val" / city / f"{city}_{frame}_leftImg8bit.png", 2, 4)
+        write_grey(root / "gtFine" / "val" / city / f"{city}_{frame}_gtFine_labelIds.png", raw)
+    return root
+
+
+def test_cityscapes_label_ids_to_train_ids(tmp_path):
+    dataset = build_dataset("cityscapes", cityscapes_fixture(tmp_path), "val")
     assert dataset.ids == ["aachen_000000_000019", "zurich_000001_000019"]
     assert dataset.num_classes == 19 and not dataset.has_background and dataset.num_tags == 19
     item = dataset[0]
@@ -65,12 +70,16 @@ def test_cityscapes_wrong_root(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- ADE20K
-def test_ade20k_reduce_zero_label(tmp_path):
-    root = tmp_path / "ADEChallengeData2016"
+def ade20k_fixture(root: Path) -> Path:
     for index in (2, 1):
         image_id = f"ADE_val_0000000{index}"
         write_image(root / "images" / "validation" / f"{image_id}.jpg", 3, 2)
         write_grey(root / "annotations" / "validation" / f"{image_id}.png", [[0, 1], [150, 13], [1, 0]])
+    return root
+
+
+def test_ade20k_reduce_zero_label(tmp_path):
+    root = ade20k_fixture(tmp_path / "ADEChallengeData2016")
     dataset = build_dataset("ade20k", root, "val")
     assert dataset.ids == ["ADE_val_00000001", "ADE_val_00000002"]
     assert dataset.num_classes == 150 and not dataset.has_background
@@ -86,13 +95,17 @@ def test_ade20k_reduce_zero_label(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- COCO-Stuff
-def test_cocostuff_164k_stuffthingmaps(tmp_path):
+def cocostuff_fixture(root: Path) -> Path:
     # 0-based stuffthingmap values: 0 person, 11 (id 12, street sign: unused), 12 stop sign (-> 11),
     # 91 (id 92 banner -> 80), 181 (id 182 wood -> 170), 255 unlabeled, 90 (id 91: unused)
     raw = [[0, 11, 12], [91, 181, 255], [90, 26, 24]]  # 26: id 27 backpack -> 24; 24: id 25 giraffe -> 23
-    write_image(tmp_path / "images" / "val2017" / "000000000139.jpg", 3, 3)
-    write_grey(tmp_path / "annotations" / "val2017" / "000000000139.png", raw)
-    dataset = build_dataset("cocostuff", tmp_path, "val")
+    write_image(root / "images" / "val2017" / "000000000139.jpg", 3, 3)
+    write_grey(root / "annotations" / "val2017" / "000000000139.png", raw)
+    return root
+
+
+def test_cocostuff_164k_stuffthingmaps(tmp_path):
+    dataset = build_dataset("cocostuff", cocostuff_fixture(tmp_path), "val")
     assert dataset.ids == ["000000000139"] and dataset.num_classes == 171 and not dataset.has_background
     item = dataset[0]
     assert item["mask"].tolist() == [[0, 255, 11], [80, 170, 255], [255, 24, 23]]
@@ -121,16 +134,17 @@ def test_cocostuff_10k_mat(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- PASCAL-Context
-def _context_fixture(root: Path) -> None:
+def context_fixture(root: Path) -> Path:
     voc = root / "VOCdevkit" / "VOC2010"
     write_image(voc / "JPEGImages" / "2008_000002.jpg", 2, 2)
     write_grey(voc / "SegmentationClassContext" / "2008_000002.png", [[0, 1], [59, 37]])
     (voc / "ImageSets" / "SegmentationContext").mkdir(parents=True)
     (voc / "ImageSets" / "SegmentationContext" / "val.txt").write_text("2008_000002\n")
+    return root
 
 
 def test_pascal_context_59_and_60(tmp_path):
-    _context_fixture(tmp_path)
+    context_fixture(tmp_path)
     dataset = build_dataset("pascal_context", tmp_path, "val")  # 59: background ignored
     assert dataset.num_classes == 59 and not dataset.has_background
     item = dataset[0]
@@ -148,7 +162,7 @@ def test_pascal_context_59_and_60(tmp_path):
 def test_pascal_context_wrong_root_names_the_script(tmp_path):
     with pytest.raises(FileNotFoundError, match="prepare_pascal_context.py"):
         build_dataset("pascal_context", tmp_path, "train")
-    _context_fixture(tmp_path)
+    context_fixture(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"SegmentationContext/train.txt.*prepare_pascal_context.py"):
         build_dataset("pascal_context", tmp_path, "train")
 
@@ -169,3 +183,25 @@ def test_camvid_segnet_layout_with_foreign_prefix(tmp_path):
     assert tags_of(dataset[0]) == [0, 3, 5, 10] and tags_of(dataset[1]) == [1]
     with pytest.raises(FileNotFoundError, match=r"val\.txt.*SegNet"):
         build_dataset("camvid", tmp_path, "val")
+
+
+# ---------------------------------------------------------------------------------------- configs
+# The README's "Smoke runs" line: any GPU config of a fully supervised benchmark, CPU-sized.
+SMOKE = [
+    "seg.backbone=resnet18", "seg.pretrained=none", "seg.sync_bn=false", "seg.iterations=20", "seg.batch_size=2",
+    "seg.crop_size=128", "seg.val_interval=20", "seg.eval_scales=[1.0]", "seg.eval_flip=false", "data.num_workers=0",
+]  # fmt: skip
+FIXTURES = {"cityscapes": cityscapes_fixture, "ade20k": ade20k_fixture, "cocostuff": cocostuff_fixture,
+            "pascal_context": context_fixture}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_benchmark_config_reads_its_dataset(name, tmp_path):
+    config_file = Path(__file__).resolve().parents[1] / "rca" / "configs" / f"{name}.yaml"
+    config = load_config(config_file)
+    assert config.data.name == name and config.seg.labels == "gt" and config.seg.pretrained == "imagenet"
+    smoke = load_config(config_file, SMOKE + [f"data.root={tmp_path}"])
+    assert smoke.seg.backbone == "resnet18" and smoke.seg.iterations == 20
+    data = smoke.data
+    dataset = build_dataset(data.name, FIXTURES[name](tmp_path), data.val_split, **data.options)
+    assert len(dataset) >= 1 and dataset[0]["mask"].shape == dataset[0]["image"].shape[:2]
