@@ -13,6 +13,7 @@ import scipy.io
 from PIL import Image
 
 from rca.data import build_dataset, make_palette
+from rca.data.pascal_context import CONTEXT59_CLASSES
 from rca.data.prepare.coco import prepare_coco
 from rca.data.prepare.pascal_context import context60_labels, prepare_pascal_context
 from rca.data.prepare.voc import prepare_voc, read_sbd_mask, train_aug_ids
@@ -202,6 +203,11 @@ def test_prepare_coco_script(tmp_path):
 def test_context60_mapping():
     label_map = np.array([[0, 2, 9, 284], [458, 459, 1, 3]])  # unlabelled, aeroplane, bag, person / wood, 459, others
     assert context60_labels(label_map).tolist() == [[0, 1, 2, 37], [59, 0, 0, 0]]
+    # ids of labels.txt (459 classes, alphabetical) spread over the list -> their 59-class names
+    known = {2: "aeroplane", 65: "cat", 104: "cup", 189: "ground", 284: "person", 368: "sofa", 427: "tvmonitor",
+             458: "wood"}  # fmt: skip
+    labels = context60_labels(np.array([list(known)]))[0]
+    assert [CONTEXT59_CLASSES[label - 1] for label in labels] == list(known.values())
     with pytest.raises(ValueError, match="0..459"):
         context60_labels(np.array([[460]]))
 
