@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from rca.data.base import FilePairDataset, Item, label_lookup, require_path
+from rca.data.base import FilePairDataset, Item, glob_files, label_lookup, require_path
 from rca.data.palette import make_palette
 
 ADE20K_CLASSES = (
@@ -69,9 +69,7 @@ class ADE20K(FilePairDataset):
         )
         image_dir = require_path(root / "images" / folder, "ADE20K image folder", hint)
         mask_dir = require_path(root / "annotations" / folder, "ADE20K annotation folder", hint)
-        images = sorted(image_dir.glob("*.jpg"))
-        if not images:
-            raise FileNotFoundError(f"no {image_dir}/*.jpg files. {hint}")
+        images = glob_files(image_dir, "*.jpg", hint)
         self.root = root
         super().__init__(
             [image.stem for image in images], images, [mask_dir / f"{image.stem}.png" for image in images],

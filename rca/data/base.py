@@ -32,6 +32,14 @@ def require_path(path: str | os.PathLike, what: str, hint: str) -> Path:
     return path
 
 
+def glob_files(folder: Path, pattern: str, hint: str) -> list[Path]:
+    """The files of ``folder`` matching ``pattern``, sorted; FileNotFoundError with ``hint`` if none."""
+    files = sorted(folder.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no {folder}/{pattern} files. {hint}")
+    return files
+
+
 def read_id_list(path: str | os.PathLike, hint: str) -> list[str]:
     """The non-empty lines of a split file, stripped (raises FileNotFoundError with ``hint``)."""
     path = require_path(path, "split file", hint)

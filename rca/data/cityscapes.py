@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from rca.data.base import FilePairDataset, Item, label_lookup, require_path
+from rca.data.base import FilePairDataset, Item, glob_files, label_lookup, require_path
 from rca.data.palette import palette_from_colors
 
 CITYSCAPES_CLASSES = (
@@ -62,9 +62,7 @@ class Cityscapes(FilePairDataset):
         )
         image_dir = require_path(root / "leftImg8bit" / split, "Cityscapes image folder", hint)
         mask_dir = require_path(root / "gtFine" / split, "Cityscapes fine annotation folder", hint)
-        images = sorted(image_dir.glob(f"*/*{IMAGE_SUFFIX}"))
-        if not images:
-            raise FileNotFoundError(f"no {image_dir}/<city>/*{IMAGE_SUFFIX} files. {hint}")
+        images = glob_files(image_dir, f"*/*{IMAGE_SUFFIX}", hint)
         ids = [image.name[: -len(IMAGE_SUFFIX)] for image in images]
         masks = [mask_dir / image.parent.name / f"{image_id}{MASK_SUFFIX}" for image, image_id in zip(images, ids)]
         self.root = root

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from rca.data.base import FilePairDataset, Item, label_lookup, read_id_list, require_path
+from rca.data.base import FilePairDataset, Item, glob_files, label_lookup, read_id_list, require_path
 from rca.data.palette import make_palette
 
 COCOSTUFF_CLASSES = (
@@ -99,9 +99,7 @@ class COCOStuff(FilePairDataset):
             )
             image_dir = require_path(root / "images" / SPLITS_164K[split], "COCO-Stuff image folder", hint)
             mask_dir = require_path(root / "annotations" / SPLITS_164K[split], "COCO-Stuff annotation folder", hint)
-            images = sorted(image_dir.glob("*.jpg"))
-            if not images:
-                raise FileNotFoundError(f"no {image_dir}/*.jpg files. {hint}")
+            images = glob_files(image_dir, "*.jpg", hint)
             ids = [image.stem for image in images]
             masks = [mask_dir / f"{image_id}.png" for image_id in ids]
         elif version == "10k":

@@ -49,6 +49,20 @@ PREPARE_HINT = (
 )
 
 
+def resolve_root(root: Path, hint: str) -> Path:
+    """The VOC2010 folder: ``root`` or ``root/VOCdevkit/VOC2010``, whichever has ``JPEGImages/``.
+
+    Raises:
+        FileNotFoundError: neither has, with ``hint``.
+    """
+    for candidate in (root, root / "VOCdevkit" / "VOC2010"):
+        if (candidate / "JPEGImages").is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"VOC 2010 not found under {root}: expected {root}/JPEGImages or {root}/VOCdevkit/VOC2010/JPEGImages. {hint}"
+    )
+
+
 class PascalContext(FilePairDataset):
     """PASCAL-Context: 59 classes (background ignored) or 60 (background = class 0).
 
@@ -73,10 +87,7 @@ class PascalContext(FilePairDataset):
     ) -> None:
         if num_classes not in (59, 60):
             raise ValueError(f"PASCAL-Context num_classes must be 59 or 60 (data.options.num_classes), got {num_classes}")
-        root = Path(root).expanduser()
-        if not (root / "JPEGImages").is_dir() and (root / "VOCdevkit" / "VOC2010").is_dir():
-            root = root / "VOCdevkit" / "VOC2010"
-        require_path(root / "JPEGImages", "PASCAL-Context (VOC 2010) image folder", PREPARE_HINT)
+        root = resolve_root(Path(root).expanduser(), PREPARE_HINT)
         mask_dir = require_path(root / "SegmentationClassContext", "PASCAL-Context label folder", PREPARE_HINT)
         ids = read_id_list(root / "ImageSets" / "SegmentationContext" / f"{split}.txt", PREPARE_HINT)
         self.root = root

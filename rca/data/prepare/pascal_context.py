@@ -23,7 +23,7 @@ import scipy.io
 
 from rca.data.base import read_id_list, require_path
 from rca.data.palette import make_palette
-from rca.data.pascal_context import CONTEXT59_IDS
+from rca.data.pascal_context import CONTEXT59_IDS, resolve_root
 from rca.data.prepare import write_id_list, write_label_pngs
 
 NUM_CONTEXT_IDS = 459
@@ -72,10 +72,7 @@ def prepare_pascal_context(
     Raises:
         FileNotFoundError: a missing input (the message names the path and the download).
     """
-    root = Path(voc2010_root).expanduser()
-    if not (root / "JPEGImages").is_dir() and (root / "VOCdevkit" / "VOC2010").is_dir():
-        root = root / "VOCdevkit" / "VOC2010"
-    require_path(root / "JPEGImages", "VOC 2010 image folder", HINT)
+    root = resolve_root(Path(voc2010_root).expanduser(), HINT)
     labels_dir = require_path(Path(labels_dir).expanduser(), "PASCAL-Context label folder", HINT)
     available = {path.stem for path in labels_dir.glob("*.mat")}
     if not available:
