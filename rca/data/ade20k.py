@@ -10,7 +10,8 @@ Splits ``train`` (20,210 images) and ``val`` (2,000); ``training`` / ``validatio
 Annotations are greyscale PNGs: 0 = "other objects" (not evaluated) and 1..150 = the classes below.
 They are read as 0 -> 255 (ignore) and ``k -> k - 1`` (the ``reduce_zero_label`` convention of the
 benchmark's toolkit and mmsegmentation). No background class; class names and order are those of
-the benchmark's ``objectInfo150``.
+the benchmark's ``objectInfo150``. Label PNGs written by the pipeline use the VOC colour map
+(:func:`rca.data.palette.make_palette`), not the benchmark's colours.
 """
 
 from __future__ import annotations
