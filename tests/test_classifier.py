@@ -185,12 +185,54 @@ def test_memory_candidates_threshold():
 
 
 def test_classification_loss_by_hand():
-    zeros = torch.zeros(2, K)
+    log3, log9 = math.log(3), math.log(9)
+    # sigmoid(log 3) = 3/4, sigmoid(-log 3) = 1/4, sigmoid(0) = 1/2, sigmoid(log 9) = 9/10.
+    fine = torch.tensor([[log3, -log3, 0.0, log3], [0.0, log3, -log3, -log3]])
+    coarse = torch.tensor([[log9, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
     tags = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 1]])
-    rca = rca_classification_loss({"scores": zeros, "scores_coarse": zeros}, tags, 0.4)
-    assert rca.item() == pytest.approx(1.4 * math.log(2), rel=1e-6)
-    cam = rca_classification_loss({"scores": zeros, "scores_coarse": None}, tags)
-    assert cam.item() == pytest.approx(math.log(2), rel=1e-6)
+    # -[y log s + (1 - y) log(1 - s)] per (image, class), averaged over the 2 x 4 entries.
+    # fine, image 1: -log 3/4, -log 3/4, -log 1/2, -log 1/4; image 2: -log 1/2, -log 1/4, -log 3/4, -log 1/4.
+    fine_loss = (3 * math.log(4 / 3) + 2 * math.log(2) + 3 * math.log(4)) / 8
+    # coarse: -log 9/10 for (image 1, class 1), -log 1/2 for the other 7 entries.
+    coarse_loss = (math.log(10 / 9) + 7 * math.log(2)) / 8
+    rca = rca_classification_loss({"scores": fine, "scores_coarse": coarse}, tags, 0.4)
+    assert rca.item() == pytest.approx(fine_loss + 0.4 * coarse_loss, rel=1e-6)
+    cam = rca_classification_loss({"scores": fine, "scores_coarse": None}, tags)
+    assert cam.item() == pytest.approx(fine_loss, rel=1e-6)
+
+
+class OptimiserBuilt(Exception):
+    """Raised by a patched SGD to stop ``stages/train_cls.py`` once its optimiser exists."""
+
+
+def test_train_cls_gives_every_head_parameter_head_lr_mult(tmp_path, monkeypatch):
+    # The parameter groups are built inside train_cls.main: run it until the optimiser exists.
+    from rca.config import CONFIG_DIR
+    from stages import train_cls
+
+    built = {}
+
+    def build_and_keep(*args, **kwargs):
+        built["model"] = build_classifier(*args, **kwargs)
+        return built["model"]
+
+    class RecordingSGD(torch.optim.SGD):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built["optimiser"] = self
+            raise OptimiserBuilt
+
+    monkeypatch.setattr(train_cls, "build_classifier", build_and_keep)
+    monkeypatch.setattr(torch.optim, "SGD", RecordingSGD)
+    with pytest.raises(OptimiserBuilt):
+        train_cls.main(["--config", str(CONFIG_DIR / "demo.yaml"), "--work-dir", str(tmp_path), "--device", "cpu",
+                        "--set", "cls.lr=0.02", "--set", "cls.head_lr_mult=7"])
+    model, groups = built["model"], built["optimiser"].param_groups
+    backbone = {id(p) for p in model.backbone.parameters()}
+    heads = {id(p) for p in model.parameters()} - backbone
+    assert heads and backbone
+    assert [{id(p) for p in group["params"]} for group in groups] == [backbone, heads]
+    assert [group["lr"] for group in groups] == pytest.approx([0.02, 0.02 * 7])
 
 
 def test_one_optimisation_step_lowers_the_loss():

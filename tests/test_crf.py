@@ -7,41 +7,62 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rca.crf import crf_labels, dense_crf
+from rca.crf import CRF_PRESETS, crf_labels, dense_crf
 from rca.io import load_label_png
 
-EDGE = 20  # true object boundary: columns >= EDGE are the object
+from helpers import EDGE, blurred_edge, edge_image
+
+PSA_KERNELS = dict(iterations=10, gaussian_sxy=3, gaussian_compat=3, bilateral_sxy=80, bilateral_srgb=13,
+                   bilateral_compat=10)
+DEEPLAB_KERNELS = dict(iterations=10, gaussian_sxy=1, gaussian_compat=3, bilateral_sxy=67, bilateral_srgb=3,
+                       bilateral_compat=4)
 
 
-def edge_image(size: int = 40, seed: int = 0) -> np.ndarray:
-    """Dark left part, bright right part from column EDGE on, with a little noise."""
-    rng = np.random.default_rng(seed)
-    image = np.where(np.arange(size) >= EDGE, 200, 40)[None, :, None].repeat(size, 0).repeat(3, 2)
-    return np.clip(image + rng.integers(-10, 11, image.shape), 0, 255).astype(np.uint8)
+def blurred_probs() -> np.ndarray:
+    """``(2, 40, 40)`` [background, object] probabilities of edge_image, 50% at column 15 instead of
+    at the true edge (19.5): columns 16..19 wrong before the CRF."""
+    foreground = blurred_edge(15)
+    return np.stack([1 - foreground, foreground])
 
 
-def test_dense_crf_sums_to_one_and_snaps_a_blurred_unary_to_the_colour_edge():
-    image = edge_image()
-    columns = np.arange(40, dtype=np.float32)
-    # A blurred, misplaced foreground score: 50% at column 15 instead of at the true edge (19.5).
-    foreground = 1 / (1 + np.exp(-(columns - 15) / 3))
-    probs = np.stack([1 - foreground, foreground])[:, None, :].repeat(40, axis=1).astype(np.float32)
-    truth = np.broadcast_to(columns >= EDGE, (40, 40))
+@pytest.mark.parametrize("preset", ["psa", "deeplab"])
+def test_dense_crf_sums_to_one_and_snaps_a_blurred_unary_to_the_colour_edge(preset):
+    image, probs = edge_image(), blurred_probs()
+    truth = np.broadcast_to(np.arange(40) >= EDGE, (40, 40))
 
-    refined = dense_crf(image, probs, preset="psa")
+    refined = dense_crf(image, probs, preset=preset)
     assert refined.shape == probs.shape and refined.dtype == np.float32
     np.testing.assert_allclose(refined.sum(axis=0), 1.0, atol=1e-5)
-    unary_accuracy = np.mean(probs.argmax(0) == truth)
-    crf_accuracy = np.mean(refined.argmax(0) == truth)
-    assert unary_accuracy == pytest.approx(0.9)  # columns 16..19 wrong
-    assert crf_accuracy > 0.98 and crf_accuracy > unary_accuracy
+    assert np.mean(probs.argmax(0) == truth) == pytest.approx(0.9)  # columns 16..19 wrong
+    assert np.mean(refined.argmax(0) == truth) > 0.98
+    # The colour kernel does the work: the same unary on a flat grey image keeps a blurred boundary.
+    flat = dense_crf(np.full_like(image, 120), probs, preset=preset)
+    assert np.mean(flat.argmax(0) == truth) < 0.95
 
 
 def test_zero_iterations_return_the_clipped_unary_probabilities():
+    # No mean-field step: the kernels never act (the preset tests are above).
     rng = np.random.default_rng(1)
     probs = rng.dirichlet(np.ones(3), size=(6, 7)).transpose(2, 0, 1).astype(np.float32)
     out = dense_crf(edge_image(7)[:6], probs, preset="deeplab", iterations=0)
     np.testing.assert_allclose(out, probs, atol=1e-4)
+
+
+def test_presets_are_their_published_kernels():
+    # Non-uniform probabilities: mean field leaves a uniform unary uniform whatever the kernels.
+    image, probs = edge_image(), blurred_probs()
+    psa = dense_crf(image, probs, preset="psa")
+    deeplab = dense_crf(image, probs, preset="deeplab")
+    np.testing.assert_allclose(psa, dense_crf(image, probs, preset=None, **PSA_KERNELS), atol=1e-6)
+    np.testing.assert_allclose(deeplab, dense_crf(image, probs, preset=None, **DEEPLAB_KERNELS), atol=1e-6)
+    assert np.abs(psa - deeplab).max() > 0.02
+    assert {name: vars(params) for name, params in CRF_PRESETS.items()} == {"psa": PSA_KERNELS,
+                                                                           "deeplab": DEEPLAB_KERNELS}
+    # A keyword overrides the preset: PSA with DeepLab's colour kernel is neither preset.
+    mixed = dense_crf(image, probs, preset="psa", bilateral_sxy=67, bilateral_srgb=3, bilateral_compat=4)
+    np.testing.assert_allclose(mixed, dense_crf(image, probs, preset=None, **{
+        **PSA_KERNELS, "bilateral_sxy": 67, "bilateral_srgb": 3, "bilateral_compat": 4}), atol=1e-6)
+    assert np.abs(mixed - psa).max() > 0.02 and np.abs(mixed - deeplab).max() > 0.02
 
 
 def test_dense_crf_parameter_and_shape_errors():
@@ -56,9 +77,6 @@ def test_dense_crf_parameter_and_shape_errors():
     with pytest.raises(ValueError, match="image"):
         dense_crf(image.astype(np.float32), probs)
     np.testing.assert_array_equal(dense_crf(image, probs[:1]), np.ones((1, 8, 8), np.float32))
-    explicit = dense_crf(image, probs, preset=None, iterations=10, gaussian_sxy=3, gaussian_compat=3,
-                         bilateral_sxy=80, bilateral_srgb=13, bilateral_compat=10)
-    np.testing.assert_allclose(explicit, dense_crf(image, probs, preset="psa"))
 
 
 def test_crf_labels_cleans_a_noisy_label_map():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rca.config import CONFIG_DIR, load_config
 from rca.data import build_dataset, dataset_options, make_palette
 from rca.data.base import tags_from_mask
 from rca.data.palette import palette_from_colors
@@ -225,6 +226,24 @@ def test_folder_msrc_real_items():
     assert 0 in raw_values  # void present, so the 255 path was exercised
     tags = dataset.load_tags()
     assert tags.shape == (60, 23) and tags.sum(1).min() >= 1
+
+
+def test_msrc_config_value_map_gives_labels_0_to_22_and_void_255(tmp_path):
+    # MSRC-v2 masks: 0 = void, raw 1..23 = the classes in classes.txt order ("<raw value> <name>" lines).
+    data = load_config(CONFIG_DIR / "msrc.yaml").data
+    options = data.options
+    names = [f"class{raw}" for raw in range(1, 24)]
+    for folder in (options["image_dir"], options["mask_dir"]):
+        (tmp_path / folder).mkdir()
+    (tmp_path / options["class_file"]).write_text("".join(f"{raw} {name}\n" for raw, name in
+                                                          enumerate(["void"] + names)))
+    (tmp_path / "train.txt").write_text("x\n")
+    raw = np.arange(24).reshape(4, 6)
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / options["image_dir"] / "x.png")
+    Image.fromarray(raw.astype(np.uint8)).save(tmp_path / options["mask_dir"] / "x.png")
+    dataset = build_dataset(data.name, tmp_path, "train", **options)
+    assert dataset.class_names == names and dataset.num_classes == 23 and not dataset.has_background
+    assert dataset[0]["mask"].tolist() == np.where(raw == 0, 255, raw - 1).tolist()
 
 
 def test_folder_class_file_and_value_map(tmp_path):

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from rca.memory import RegionalMemory
+
+from helpers import spawn_gloo
 
 
 def one_hot_rows(indices, dim):
@@ -123,19 +123,14 @@ def _rank_rows(rank):
     return embeddings, labels
 
 
-def _ddp_worker(rank, world_size, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world_size)
-    try:
-        memory = RegionalMemory(num_classes=2, size=8, dim=4)
-        memory.push(*_rank_rows(rank))
-        torch.save(memory.state_dict(), f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _ddp_worker(rank, world_size, out_dir):
+    memory = RegionalMemory(num_classes=2, size=8, dim=4)
+    memory.push(*_rank_rows(rank))
+    torch.save(memory.state_dict(), f"{out_dir}/rank{rank}.pt")
 
 
 def test_push_under_ddp_gathers_all_ranks(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    spawn_gloo(_ddp_worker, 2, tmp_path, str(tmp_path))
     states = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for name in ("bank", "ptr", "filled"):
         assert torch.equal(states[0][name], states[1][name])

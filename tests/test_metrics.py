@@ -6,10 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 
 from rca.io import load_label_png
 from rca.metrics import ConfusionMatrix, PseudoLabelMetrics, average_precision, format_iou_table
+from rca.segment import evaluate_segmentation
+
+from helpers import spawn_gloo
 
 # 4 classes; class 3 occurs in neither. Pixel 5 has an ignored target; pixel 6 an unlabelled (255)
 # prediction.
@@ -112,18 +114,100 @@ def test_merging_per_image_metrics_equals_one_pass():
         merged.strict.merge(ConfusionMatrix(4))
 
 
-def test_all_reduce_sums_over_one_process_group(tmp_path):
+def test_all_reduce_without_a_process_group_is_a_no_op():
     matrix = ConfusionMatrix(4)
     matrix.update(PRED, TARGET)
     before = matrix.matrix.clone()
-    matrix.all_reduce()  # not initialised: no-op
+    matrix.all_reduce()
     assert torch.equal(matrix.matrix, before)
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        matrix.all_reduce()
-    finally:
-        dist.destroy_process_group()
-    assert torch.equal(matrix.matrix, before)
+
+
+# --- two gloo processes ------------------------------------------------------------------------
+# Rank 0 scores (PRED, TARGET), rank 1 (PRED_1, TARGET_1): different counts, so a reduction that
+# does nothing, or one that keeps a single rank, shows.
+TARGET_1 = np.array([3, 3, 1, 255, 2, 2])
+PRED_1 = np.array([3, 1, 1, 0, 255, 2])
+
+# evaluate_segmentation on 4 one-row images of 3 classes; the model predicts PREDICTIONS exactly.
+PREDICTIONS = [[0, 0, 1, 1], [2, 2, 2, 2], [0, 1, 1, 1], [1, 1, 2, 2]]
+MASKS = [[0, 0, 1, 1], [2, 2, 1, 255], [0, 0, 1, 1], [1, 1, 2, 2]]
+# Over all 4 images (15 scored pixels): class 0 TP 3, GT 4, predicted 3 -> 3/4; class 1 TP 6, GT 7,
+# predicted 7 -> 6/8; class 2 TP 4, GT 4, predicted 5 (one on the ignored pixel is not counted) -> 4/5.
+# Rank 0 alone (images 0, 2) would give [75, 80, NaN], rank 1 alone (1, 3) [NaN, 66.7, 80].
+EXPECTED_IOU = [75.0, 75.0, 80.0]
+
+
+class OneHotImages:
+    """Split of PREDICTIONS as one-hot ``(3, 1, 4)`` images with MASKS, in the evaluate_segmentation API."""
+
+    num_classes = 3
+    class_names = ["a", "b", "c"]
+    palette = [0, 0, 0, 255, 0, 0, 0, 255, 0]
+
+    def __len__(self):
+        return len(PREDICTIONS)
+
+    def __getitem__(self, index):
+        image = torch.nn.functional.one_hot(torch.tensor(PREDICTIONS[index]), 3).T.float()[:, None]
+        return {"id": f"image{index}", "image": image, "mask": torch.tensor([MASKS[index]])}
+
+
+def identity_model() -> torch.nn.Module:
+    """1x1 convolution that passes the image channels through as logits."""
+
+    class Identity(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 1, bias=False)
+            torch.nn.init.eye_(self.conv.weight[:, :, 0, 0])
+
+        def forward(self, images):
+            return {"logits": self.conv(images)}
+
+    return Identity().eval()
+
+
+def _distributed_worker(rank, world_size, out_dir):
+    matrix = ConfusionMatrix(4)
+    pseudo = PseudoLabelMetrics(4, has_background=True)
+    pred, target = (PRED, TARGET) if rank == 0 else (PRED_1, TARGET_1)
+    matrix.update(pred, target)
+    pseudo.update(pred, target)
+    matrix.all_reduce()
+    pseudo.all_reduce()
+    evaluation = evaluate_segmentation(identity_model(), OneHotImages(), shard=(rank, world_size), progress=False)
+    torch.save({"matrix": matrix.matrix, "strict": pseudo.strict.matrix, "lenient": pseudo.lenient.matrix,
+                "labelled": pseudo.labelled, "evaluation": evaluation}, Path(out_dir) / f"rank{rank}.pt")
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """What each of two gloo processes held after its all-reduces (one spawn for the tests below)."""
+    out_dir = tmp_path_factory.mktemp("two_ranks")
+    spawn_gloo(_distributed_worker, 2, out_dir, str(out_dir))
+    return [torch.load(out_dir / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
+
+
+def test_all_reduce_sums_the_counts_of_two_processes(two_ranks):
+    matrix, pseudo = ConfusionMatrix(4), PseudoLabelMetrics(4, has_background=True)
+    for pred, target in [(PRED, TARGET), (PRED_1, TARGET_1)]:
+        matrix.update(pred, target)
+        pseudo.update(pred, target)
+    for state in two_ranks:
+        assert torch.equal(state["matrix"], matrix.matrix)
+        assert torch.equal(state["strict"], pseudo.strict.matrix)
+        assert torch.equal(state["lenient"], pseudo.lenient.matrix)
+        assert state["labelled"].tolist() == [7 + 5, 8 + 6]
+
+
+def test_evaluate_segmentation_shards_add_up_to_the_whole_split(two_ranks):
+    whole = evaluate_segmentation(identity_model(), OneHotImages(), progress=False)
+    np.testing.assert_allclose(whole["iou"], EXPECTED_IOU)
+    assert whole["num_pixels"] == 15
+    for state in two_ranks:
+        assert state["evaluation"]["iou"] == whole["iou"]
+        assert state["evaluation"]["num_pixels"] == 15
+        assert state["evaluation"]["miou"] == pytest.approx(230 / 3)
 
 
 def test_average_precision_hand_computed_ranking():

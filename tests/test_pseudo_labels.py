@@ -7,6 +7,8 @@ import torch
 from rca.pseudo_labels import (argmax_labels, confident_labels, constant_background, make_pseudo_label,
                                power_background, probabilities_with_background, saliency_background)
 
+from helpers import EDGE, blurred_edge, edge_image
+
 # Two tagged classes with label values 3 and 7 on a 1 x 3 image.
 CAMS = np.array([[[0.10, 0.50, 0.30]],
                  [[0.05, 0.20, 0.60]]], np.float32)
@@ -67,17 +69,24 @@ def test_argmax_labels_without_background():
     assert np.all(argmax_labels(np.zeros((0, 2, 2)), np.zeros(0, np.int64)) == 255)
 
 
-def test_rules_with_crf_keep_clear_regions():
-    image = np.zeros((12, 12, 3), np.uint8)
-    image[:, 6:] = 255
-    cams = np.zeros((1, 12, 12), np.float32)
-    cams[0, :, 6:] = 0.9
-    expected = np.where(np.arange(12) >= 6, 4, 0)[None].repeat(12, axis=0)
-    for rule, params in [("constant", dict(threshold=0.3)), ("power", dict(alpha=4)),
-                         ("confident", dict(fg_threshold=0.3, bg_threshold=0.05)),
-                         ("saliency", dict(saliency=image[..., 0] / 255.0))]:
+def test_rules_with_crf_move_a_blurred_boundary_to_the_colour_edge():
+    image = edge_image()  # dark left, bright from column EDGE on
+    cams = blurred_edge(14)[None]  # one tagged class (label 4), 50% at column 14 instead of 19.5
+    truth = np.where(np.arange(40) >= EDGE, 4, 0)[None].repeat(40, axis=0)
+    saliency = (truth > 0).astype(np.float32)  # a sharp saliency map; only the CAM is blurred
+    for rule, params in [("constant", dict(threshold=0.5)), ("power", dict(alpha=1)),
+                         ("confident", dict(fg_threshold=0.7, bg_threshold=0.3)),
+                         ("saliency", dict(saliency=saliency))]:
+        without_crf = make_pseudo_label(cams, np.array([4]), rule, **params)
+        assert np.mean(without_crf == truth) < 0.98, rule  # boundary off the edge, or 255 around it
         labels = make_pseudo_label(cams, np.array([4]), rule, image=image, **params)
-        np.testing.assert_array_equal(labels, expected, err_msg=rule)
+        np.testing.assert_array_equal(labels, truth, err_msg=rule)
+    # Without a background class: two tagged classes (labels 2 and 5) split the image at column 14.
+    two_classes = np.stack([1 - cams[0], cams[0]])
+    truth = np.where(truth > 0, 5, 2)
+    assert np.mean(make_pseudo_label(two_classes, np.array([2, 5]), "argmax") == truth) < 0.98
+    labels = make_pseudo_label(two_classes, np.array([2, 5]), "argmax", image=image)
+    np.testing.assert_array_equal(labels, truth)
 
 
 def test_make_pseudo_label_dispatch_and_errors():

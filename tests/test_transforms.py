@@ -101,6 +101,20 @@ def test_hflip_and_colour_jitter_touch_only_what_they_should():
     assert flipped > 0 and kept > 0
 
 
+def test_colour_jitter_changes_the_image_but_not_the_mask():
+    item = colour_coded_item(height=64, width=64)
+    # No rescale, no flip and a crop the size of the image: only the jitter can change the pixels.
+    assert np.array_equal(denormalize(train_transform(64, hflip=False)(item)["image"]), item["image"])
+    transform = train_transform(64, hflip=False, color_jitter=0.4)
+    torch.manual_seed(4)
+    outputs = [transform(item) for _ in range(4)]
+    for out in outputs:
+        assert np.array_equal(out["mask"].numpy(), item["mask"])
+        change = np.abs(denormalize(out["image"]).astype(np.int64) - item["image"]).mean()
+        assert change > 3  # grey levels, mean over pixels and channels
+    assert not torch.equal(outputs[0]["image"], outputs[1]["image"])  # a new draw each call
+
+
 def test_reproducible_from_torch_seed():
     item = colour_coded_item()
     transform = train_transform(48, scale_range=(0.5, 1.5), color_jitter=0.3)

@@ -1,0 +1,47 @@
+"""Small fixtures shared by several test files: a colour-edge image with a blurred score, and a
+two-process gloo launcher for the distributed code paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+EDGE = 20  # true object boundary of edge_image: columns >= EDGE are the object
+
+
+def edge_image(size: int = 40, seed: int = 0) -> np.ndarray:
+    """``(size, size, 3)`` uint8: dark (40) left of column EDGE, bright (200) from it on, noise +-10."""
+    rng = np.random.default_rng(seed)
+    image = np.where(np.arange(size) >= EDGE, 200, 40)[None, :, None].repeat(size, 0).repeat(3, 2)
+    return np.clip(image + rng.integers(-10, 11, image.shape), 0, 255).astype(np.uint8)
+
+
+def blurred_edge(centre: float, size: int = 40, width: float = 3.0) -> np.ndarray:
+    """``(size, size)`` float32 score rising left to right, ``sigmoid((column - centre) / width)``:
+    a blurred object score whose 50% boundary is at ``centre`` rather than at the true edge."""
+    columns = np.arange(size, dtype=np.float32)
+    return (1 / (1 + np.exp(-(columns - centre) / width)))[None].repeat(size, 0).astype(np.float32)
+
+
+def _init_and_run(rank: int, world_size: int, init_file: str, worker, args: tuple) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        worker(rank, world_size, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_gloo(worker, world_size: int, tmp_path: Path, *args) -> None:
+    """Run ``worker(rank, world_size, *args)`` in ``world_size`` CPU processes joined by one gloo
+    process group (file rendezvous in ``tmp_path``); raises if any process fails.
+
+    The processes are forked where the platform can (no re-import of torch: well under a second
+    instead of seconds per process), spawned elsewhere; ``worker`` must then be a module-level
+    function. It reports back by writing files.
+    """
+    start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    mp.start_processes(_init_and_run, args=(world_size, str(tmp_path / "gloo_init"), worker, args),
+                       nprocs=world_size, join=True, start_method=start_method)
