@@ -73,7 +73,7 @@ class ClsConfig:
     temperature: float = 0.07
     contrast_weight: float = 0.1
     contrast_warmup_epochs: int = 2
-    region_mixup: bool = False
+    region_mixup: bool = True  # the paper's L^RM-NCE (rca.losses.mixed_semantic_contrast_loss)
     coarse_weight: float = 0.4
     num_centres: int = 10  # k-means centres per class for semantic aggregation
     aggregation: str = "scaled"  # scaled: softmax(qk^T/sqrt(d)) | unnormalised: the released code's rule
