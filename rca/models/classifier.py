@@ -201,7 +201,7 @@ class RCAClassifier(nn.Module):
     @property
     def aggregation_temperature(self) -> float:
         """Current temperature of the ``"cosine"``/``"learnable"`` attention (a float)."""
-        return float(self.log_temperature.exp())
+        return float(self.log_temperature.detach().exp())
 
     def aggregate(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Semantic aggregation: each pixel gathers memory centres by attention (Sec. 3.3).
