@@ -5,9 +5,12 @@ Zhou et al. CVPR 2022 all use it, with scales (1.0, 0.5, 1.5, 2.0) and horizonta
 
 1. For each scale ``s`` the image is resized to ``(round(s * H), round(s * W))`` (bilinear,
    ``align_corners=False``) and batched with its horizontal flip.
-2. The classifier returns raw (pre-ReLU) CAMs at feature resolution; the flipped copy's maps are
-   flipped back and every map is resized to the input size ``(H, W)`` (bilinear).
-3. The maps are summed over scales and flips and passed through a ReLU.
+2. The classifier returns raw (pre-ReLU) CAMs at feature resolution; each pass (every scale, the
+   image and its flip alike) goes through a ReLU there, as in PSA (``forward_cam``), IRN
+   (``CAM.forward``) and EPS, so a negative response at one scale cannot cancel a positive one at
+   another. The flipped copy's maps are flipped back and every map is resized to the input size
+   ``(H, W)`` (bilinear, which keeps them non-negative).
+3. The maps are summed over scales and flips.
 4. :func:`normalize_cams` keeps the classes in the image-level tags (known for the training set
    in WSSS) and divides each map by its maximum, giving scores in [0, 1].
 
@@ -40,8 +43,8 @@ def multiscale_maps(
 ) -> Tensor:
     """Sum of dense maps over rescaled (and horizontally flipped) copies of one image.
 
-    Steps 1-3 of the module docstring without the ReLU; shared by CAM inference
-    (:func:`multiscale_cam`) and multi-scale segmentation testing (sum of softmax maps). One call
+    Steps 1-3 of the module docstring with ``forward`` in place of the classifier + ReLU; shared by
+    CAM inference (:func:`multiscale_cam`) and multi-scale segmentation testing (sum of softmax maps). One call
     of ``forward`` per scale, with the image and its flip in one batch of 2. Runs under
     ``torch.inference_mode()`` on the device of ``image`` (move it to the model's device first).
 
@@ -95,10 +98,11 @@ def multiscale_cam(
     scales: Sequence[float] = DEFAULT_SCALES,
     flip: bool = True,
 ) -> Tensor:
-    """Sum of a classifier's CAMs over rescaled (and flipped) copies of one image, then ReLU.
+    """Sum over rescaled (and flipped) copies of one image of the ReLU of a classifier's CAMs.
 
     Implements the multi-scale + flip CAM inference of PSA/IRN/EPS/RCA (see the module docstring)
-    with :func:`multiscale_maps`, on the model's device, under ``torch.inference_mode()``.
+    with :func:`multiscale_maps`, on the model's device, under ``torch.inference_mode()``: the ReLU
+    is applied to each pass at feature resolution (IRN ``CAM.forward``), before the sum.
 
     Args:
         model: classifier in eval mode whose ``forward(images (B, 3, h, w))`` returns a dict with key
@@ -118,7 +122,7 @@ def multiscale_cam(
         raise ValueError("multiscale_cam: the model is in training mode; call model.eval() first "
                          "(batch-norm statistics and dropout would otherwise change the CAMs)")
     image = image.to(_model_device(model, image.device))
-    return torch.relu(multiscale_maps(lambda batch: _cams_of(model(batch)), image, scales, flip))
+    return multiscale_maps(lambda batch: torch.relu(_cams_of(model(batch))), image, scales, flip)
 
 
 def normalize_cams(cams: Tensor, tags: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor]:

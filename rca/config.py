@@ -1,9 +1,13 @@
 """Experiment configuration: YAML files loaded into typed dataclasses, with ``--set`` overrides.
 
 One YAML file per experiment lives in ``rca/configs/``. A file only lists what differs from the
-defaults below; every key is checked against these dataclasses, so a misspelt key or a value of the
-wrong type fails at start-up with the key path in the message (``cls.lr: expected float, got 'x'``)
-instead of hours into a run. The resolved config (defaults + file + overrides) is written next to
+defaults below; every key is checked against these dataclasses, so a misspelt key, a value of the
+wrong type, a choice outside its ``Literal[...]`` or a number outside its :class:`Range` fails at
+start-up with the key path in the message (``cls.lr: expected float, got 'x'``,
+``labels.rule: expected one of 'constant', ..., got 'foo'``, ``cls.write_threshold: must be in
+[0, 1], got 7``) instead of hours into a run. Names that live in a registry (``data.name`` and its
+``data.options``, the backbones and their output strides) are checked against the registry when
+the config is loaded. The resolved config (defaults + file + overrides) is written next to
 each stage's outputs so a run can always be reproduced.
 
 Every stage accepts the same arguments (see :func:`add_config_args`)::
@@ -21,7 +25,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
@@ -35,93 +39,129 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key path."""
 
 
+@dataclass(frozen=True)
+class Range:
+    """Allowed interval of a numeric key, used as ``Annotated[float, Range(0, 1)]``.
+
+    ``low``/``high`` of ``None`` leave that side open-ended; ``low_open``/``high_open`` exclude the
+    bound itself (``Range(0, low_open=True)``: strictly positive).
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def check(self, value: float, path: str) -> None:
+        """Raise :class:`ConfigError` naming ``path`` if ``value`` lies outside the interval."""
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        if too_low or too_high:
+            left = "-inf" if self.low is None else f"{self.low:g}"
+            right = "inf" if self.high is None else f"{self.high:g}"
+            bounds = f"{'(' if self.low_open or self.low is None else '['}{left}, {right}" \
+                     f"{')' if self.high_open or self.high is None else ']'}"
+            raise ConfigError(f"{path}: must be in {bounds}, got {value!r}")
+
+
+PositiveInt = Annotated[int, Range(1)]
+NonNegativeInt = Annotated[int, Range(0)]
+PositiveFloat = Annotated[float, Range(0, low_open=True)]
+NonNegativeFloat = Annotated[float, Range(0)]
+UnitFloat = Annotated[float, Range(0, 1)]  # a probability or score threshold in [0, 1]
+Momentum = Annotated[float, Range(0, 1, high_open=True)]
+
+
 @dataclass
 class DataConfig:
     """Which dataset to read, and how (see :func:`rca.data.build_dataset`)."""
 
-    name: str = "synthetic"  # voc | coco | folder | camvid | synthetic
+    name: str = "synthetic"  # a key of rca.data.DATASETS (checked against it at load time)
     root: str = "data/synthetic"
     train_split: str = "train"
     val_split: str | None = "val"  # None: no validation
     label_split: str = "train"  # split gen_labels labels and scores (VOC protocol: train)
     options: dict[str, Any] = field(default_factory=dict)  # dataset-specific keyword arguments
-    num_workers: int = 2
+    num_workers: NonNegativeInt = 2
 
 
 @dataclass
 class ClsConfig:
     """Stage 1: the CAM classifier with RCA (Zhou et al., CVPR 2022)."""
 
-    method: str = "rca"  # rca | cam (every RCA part off, for ablation)
-    backbone: str = "resnet50"
+    method: Literal["rca", "cam"] = "rca"  # cam: every RCA part off, for ablation
+    backbone: str = "resnet50"  # a key of rca.models.backbones.OUTPUT_STRIDES
     pretrained: str = "imagenet"  # imagenet | none | path to a checkpoint
-    output_stride: int = 16
-    crop_size: int = 448
-    resize_long: tuple[int, int] = (320, 640)  # random resize of the long side (pixels)
-    color_jitter: float = 0.3
-    batch_size: int = 16
-    epochs: int = 5
-    lr: float = 0.01
-    head_lr_mult: float = 10.0  # new heads train with lr x this
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    embed_dim: int = 128
-    memory_size: int = 500
-    memory_mode: str = "fifo"  # fifo | ema
-    memory_momentum: float = 0.99
-    write_threshold: float = 0.7  # a region enters the memory if its class probability exceeds this
-    temperature: float = 0.07
-    contrast_weight: float = 0.1
-    contrast_warmup_epochs: int = 2
-    region_mixup: bool = False
-    coarse_weight: float = 0.4
-    num_centres: int = 10  # k-means centres per class for semantic aggregation
-    aggregation: str = "scaled"  # scaled: softmax(qk^T/sqrt(d)) | unnormalised: the released code's rule
+    output_stride: PositiveInt = 16  # one the backbone supports (checked at load time)
+    crop_size: PositiveInt = 448
+    resize_long: tuple[PositiveInt, PositiveInt] = (320, 640)  # random resize of the long side (pixels)
+    color_jitter: NonNegativeFloat = 0.3
+    batch_size: PositiveInt = 16
+    epochs: PositiveInt = 5
+    lr: PositiveFloat = 0.01
+    head_lr_mult: PositiveFloat = 10.0  # new heads train with lr x this
+    momentum: Momentum = 0.9
+    weight_decay: NonNegativeFloat = 1e-4
+    embed_dim: PositiveInt = 128
+    memory_size: PositiveInt = 500
+    memory_mode: Literal["fifo", "ema"] = "fifo"
+    memory_momentum: UnitFloat = 0.99
+    write_threshold: UnitFloat = 0.7  # a region enters the memory if its class probability exceeds this
+    temperature: PositiveFloat = 0.07
+    contrast_weight: NonNegativeFloat = 0.1
+    contrast_warmup_epochs: NonNegativeInt = 2
+    region_mixup: bool = True  # the paper's L^RM-NCE (rca.losses.mixed_semantic_contrast_loss)
+    coarse_weight: NonNegativeFloat = 0.4
+    num_centres: PositiveInt = 10  # k-means centres per class for semantic aggregation
+    # how pixels attend to the memory centres (rca.models.classifier.RCAClassifier.aggregate)
+    aggregation: Literal["cosine", "learnable", "scaled", "unnormalised", "none"] = "cosine"
+    aggregation_temperature: PositiveFloat = 0.1  # cosine: fixed; learnable: initial value
     amp: bool = True  # mixed precision, used only on a GPU
-    log_interval: int = 20
+    log_interval: PositiveInt = 20
 
 
 @dataclass
 class LabelsConfig:
     """Stage 2: CAMs -> seeds -> dense CRF -> pseudo labels."""
 
-    scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
+    scales: list[PositiveFloat] = field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
     flip: bool = True
-    rule: str = "constant"  # constant | power | saliency | confident (argmax when no background)
-    bg_threshold: float = 0.15  # constant rule: background score
-    power_alpha: float = 16.0  # power rule: background = (1 - max_c CAM_c) ** alpha
-    fg_threshold: float = 0.30  # confident rule: foreground-confident threshold
-    low_threshold: float = 0.05  # confident rule: background-confident threshold
+    # argmax is used instead when the dataset has no background class
+    rule: Literal["constant", "power", "saliency", "confident"] = "constant"
+    bg_threshold: UnitFloat = 0.15  # constant rule: background score
+    power_alpha: PositiveFloat = 16.0  # power rule: background = (1 - max_c CAM_c) ** alpha
+    fg_threshold: UnitFloat = 0.30  # confident rule: foreground-confident threshold
+    low_threshold: UnitFloat = 0.05  # confident rule: background-confident threshold
     saliency_dir: str | None = None  # saliency rule: folder of <id>.png, 0..255
-    crf: str = "psa"  # psa | deeplab | irn | none
-    sweep: list[float] = field(default_factory=lambda: [round(0.05 * i, 2) for i in range(13)])
+    crf: Literal["psa", "deeplab", "irn", "none"] = "psa"  # irn only with the confident rule
+    sweep: list[UnitFloat] = field(default_factory=lambda: [round(0.05 * i, 2) for i in range(13)])
 
 
 @dataclass
 class SegConfig:
     """Stage 3: DeepLab-v2 (Chen et al., TPAMI 2017) on pseudo labels or true masks."""
 
-    labels: str = "pseudo"  # pseudo (runs/<exp>/labels) | gt (the dataset's masks)
-    backbone: str = "resnet101"
+    labels: Literal["pseudo", "gt"] = "pseudo"  # pseudo: runs/<exp>/labels; gt: the dataset's masks
+    backbone: str = "resnet101"  # a key of rca.models.backbones.OUTPUT_STRIDES
     pretrained: str = "imagenet"
-    output_stride: int = 8
+    output_stride: PositiveInt = 8  # one the backbone supports (checked at load time)
     multi_scale: bool = False  # DeepLab's MSC training (scales 1, 0.75, 0.5 + max fusion)
     freeze_bn: bool = True
     sync_bn: bool = False
-    lr: float = 2.5e-4
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    iterations: int = 20000
-    batch_size: int = 10
-    crop_size: int = 321
-    scale_range: tuple[float, float] = (0.5, 1.5)
-    color_jitter: float = 0.0
-    val_interval: int = 2000
-    eval_scales: list[float] = field(default_factory=lambda: [1.0])
+    lr: PositiveFloat = 2.5e-4
+    momentum: Momentum = 0.9
+    weight_decay: NonNegativeFloat = 5e-4
+    iterations: PositiveInt = 20000
+    batch_size: PositiveInt = 10
+    crop_size: PositiveInt = 321
+    scale_range: tuple[PositiveFloat, PositiveFloat] = (0.5, 1.5)
+    color_jitter: NonNegativeFloat = 0.0
+    val_interval: PositiveInt = 2000
+    eval_scales: list[PositiveFloat] = field(default_factory=lambda: [1.0])
     eval_flip: bool = False
     eval_crf: bool = False
     amp: bool = True
-    log_interval: int = 20
+    log_interval: PositiveInt = 20
 
 
 @dataclass
@@ -129,7 +169,7 @@ class Config:
     """A whole experiment: one seed, one dataset, the three stages."""
 
     name: str = "demo"
-    seed: int = 0
+    seed: Annotated[int, Range(0, 2**32 - 1)] = 0  # NumPy seeds must fit in 32 bits
     data: DataConfig = field(default_factory=DataConfig)
     cls: ClsConfig = field(default_factory=ClsConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
@@ -140,6 +180,16 @@ def _convert(value: Any, annotation: Any, path: str) -> Any:
     """Check ``value`` against a type annotation and convert it (YAML lists -> tuples, int -> float)."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is Annotated:
+        value = _convert(value, args[0], path)
+        for constraint in annotation.__metadata__:
+            constraint.check(value, path)
+        return value
+    if origin is Literal:
+        # type(...) too: YAML's true must not pass for 1, nor 1 for 1.0
+        if not any(value == choice and type(value) is type(choice) for choice in args):
+            raise ConfigError(f"{path}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
@@ -182,7 +232,7 @@ def _convert(value: Any, annotation: Any, path: str) -> Any:
 
 
 def _build(cls: type, values: dict[str, Any], path: str) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -193,6 +243,47 @@ def _build(cls: type, values: dict[str, Any], path: str) -> Any:
         )
     kwargs = {k: _convert(v, hints[k], f"{path}.{k}" if path else k) for k, v in values.items()}
     return cls(**kwargs)
+
+
+def _check_config(config: Config) -> None:
+    """Checks that need more than one key or a registry (imported here, read at call time).
+
+    Raises:
+        ConfigError: naming the key path and the allowed values.
+    """
+    from rca.data import DATASETS, dataset_options
+    from rca.models.backbones import OUTPUT_STRIDES
+
+    data = config.data
+    if data.name not in DATASETS:
+        raise ConfigError(f"data.name: unknown dataset {data.name!r}; choose one of {', '.join(sorted(DATASETS))}")
+    unknown = sorted(set(data.options) - set(dataset_options(data.name)))
+    if unknown:
+        raise ConfigError(f"data.options: dataset {data.name!r} has no option {unknown[0]!r}; it takes: "
+                          f"{', '.join(dataset_options(data.name)) or 'none'}")
+    for section in ("cls", "seg"):
+        cfg = getattr(config, section)
+        if cfg.backbone not in OUTPUT_STRIDES:
+            raise ConfigError(f"{section}.backbone: unknown backbone {cfg.backbone!r}; choose one of "
+                              f"{', '.join(sorted(OUTPUT_STRIDES))}")
+        if cfg.output_stride not in OUTPUT_STRIDES[cfg.backbone]:
+            raise ConfigError(f"{section}.output_stride: {cfg.backbone} supports "
+                              f"{', '.join(map(str, sorted(OUTPUT_STRIDES[cfg.backbone])))}, got {cfg.output_stride}")
+    for path, pair in (("cls.resize_long", config.cls.resize_long), ("seg.scale_range", config.seg.scale_range)):
+        if pair[0] > pair[1]:
+            raise ConfigError(f"{path}: expected [low, high] with low <= high, got {list(pair)}")
+    for path, values in (("labels.scales", config.labels.scales), ("seg.eval_scales", config.seg.eval_scales)):
+        if not values:
+            raise ConfigError(f"{path}: needs at least one scale (1.0 = the original size)")
+    labels = config.labels
+    if labels.low_threshold > labels.fg_threshold:
+        raise ConfigError(f"labels.low_threshold ({labels.low_threshold}) must not exceed labels.fg_threshold "
+                          f"({labels.fg_threshold})")
+    if labels.rule == "saliency" and not labels.saliency_dir:
+        raise ConfigError("labels.rule=saliency needs labels.saliency_dir (a folder of <id>.png saliency maps)")
+    if labels.crf == "irn" and labels.rule != "confident":
+        raise ConfigError(f"labels.crf=irn is the CRF of labels.rule=confident; use psa, deeplab or none "
+                          f"with rule {labels.rule!r}")
 
 
 def _set_override(tree: dict[str, Any], assignment: str) -> None:
@@ -225,7 +316,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ConfigError: unknown key, wrong type, or malformed override; the message names the key path.
+        ConfigError: unknown key, wrong type, a choice or number outside its allowed values, an
+            unknown dataset, dataset option or backbone, inconsistent keys, or a malformed
+            override; the message names the key path.
     """
     path = Path(path) if path is not None else DEFAULT_CONFIG
     if not path.is_file():
@@ -241,9 +334,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     for assignment in overrides:
         _set_override(tree, assignment)
     try:
-        return _build(Config, tree, "")
+        config = _build(Config, tree, "")
+        _check_config(config)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
+    return config
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

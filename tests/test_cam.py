@@ -127,3 +127,28 @@ def test_multiscale_maps_of_softmax_average_to_probabilities():
     torch.testing.assert_close(summed.sum(0) / (len(scales) * 2), torch.ones(7, 9))
     with pytest.raises(ValueError, match=r"\(B, C, h, w\)"):
         multiscale_maps(lambda batch: batch[0], image, scales)
+
+
+class ScaleSignCAM(nn.Module):
+    """CAM of class 0 = red channel at full size and -3 x red below it; class 1 = minus class 0."""
+
+    def __init__(self, full_height: int):
+        super().__init__()
+        self.full_height = full_height
+
+    def forward(self, images):
+        sign = 1.0 if images.shape[-2] >= self.full_height else -3.0
+        red = sign * images[:, :1]
+        return {"cams": torch.cat([red, -red], dim=1)}
+
+
+def test_relu_is_applied_to_each_pass_before_the_sum():
+    # PSA/IRN/EPS: a negative map at one scale must not cancel a positive one at another.
+    image = torch.zeros(3, 8, 10)
+    image[0] = 0.5
+    cams = multiscale_cam(ScaleSignCAM(full_height=8).eval(), image, scales=(1.0, 0.5), flip=True)
+    # class 0: scale 1 gives +0.5 per pass (x2 flips), scale 0.5 gives -1.5 -> 0 after the ReLU.
+    torch.testing.assert_close(cams[0], torch.full((8, 10), 1.0))
+    # class 1: scale 1 gives -0.5 -> 0, scale 0.5 gives +1.5 per pass (x2 flips).
+    torch.testing.assert_close(cams[1], torch.full((8, 10), 3.0))
+    # (one ReLU after the sum would give relu(1 - 3) = 0 and relu(-1 + 3) = 2)

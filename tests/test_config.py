@@ -1,10 +1,11 @@
 """Config loading: defaults, overrides, type checks, error messages and the YAML round trip."""
 
+import re
 from pathlib import Path
 
 import pytest
 
-from rca.config import CONFIG_DIR, ConfigError, load_config, save_config
+from rca.config import CONFIG_DIR, ClsConfig, ConfigError, LabelsConfig, SegConfig, load_config, save_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -24,7 +25,8 @@ def test_file_values_defaults_and_name(tmp_path):
 
 def test_overrides_are_parsed_as_yaml(tmp_path):
     config = load_config(write(tmp_path, "seed: 1\n"), [
-        "cls.lr=1", "labels.scales=[1.0, 0.5]", "data.val_split=null", "data.options.value_map={0: 255}",
+        "cls.lr=1", "labels.scales=[1.0, 0.5]", "data.val_split=null", "data.name=folder",
+        "data.options.value_map={0: 255}",
         "seg.eval_crf=true",
     ])
     assert config.cls.lr == 1.0 and isinstance(config.cls.lr, float)
@@ -51,6 +53,70 @@ def test_overrides_are_parsed_as_yaml(tmp_path):
 def test_errors_name_the_key(tmp_path, text, overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_config(write(tmp_path, text), overrides)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        # the five values of issue 8 that used to load
+        ("labels.rule=foo", "labels.rule: expected one of 'constant', 'power', 'saliency', 'confident', got 'foo'"),
+        ("seg.labels=psuedo", "seg.labels: expected one of 'pseudo', 'gt', got 'psuedo'"),
+        ("cls.write_threshold=7", r"cls.write_threshold: must be in [0, 1], got 7.0"),
+        ("cls.temperature=-1", r"cls.temperature: must be in (0, inf), got -1.0"),
+        ("data.name=vocc", "data.name: unknown dataset 'vocc'; choose one of .*voc"),
+        # other enumerations, ranges and registries
+        ("labels.crf=dense", "labels.crf: expected one of 'psa', 'deeplab', 'irn', 'none'"),
+        ("cls.memory_mode=lifo", "cls.memory_mode: expected one of 'fifo', 'ema'"),
+        ("cls.method=true", "cls.method: expected one of 'rca', 'cam', got True"),
+        ("cls.aggregation=dot", "cls.aggregation: expected one of"),
+        ("cls.aggregation_temperature=0", r"cls.aggregation_temperature: must be in (0, inf)"),
+        ("cls.epochs=0", r"cls.epochs: must be in [1, inf), got 0"),
+        ("cls.momentum=1", r"cls.momentum: must be in [0, 1), got 1.0"),
+        ("data.num_workers=-1", r"data.num_workers: must be in [0, inf)"),
+        ("seed=-3", r"seed: must be in [0, 4.29497e+09], got -3"),
+        ("labels.scales=[1.0, -0.5]", r"labels.scales[1]: must be in (0, inf)"),
+        ("labels.scales=[]", "labels.scales: needs at least one scale"),
+        ("labels.sweep=[0.1, 1.5]", r"labels.sweep[1]: must be in [0, 1]"),
+        ("seg.scale_range=[1.5, 0.5]", "seg.scale_range: expected [low, high] with low <= high"),
+        ("cls.backbone=resnet99", "cls.backbone: unknown backbone 'resnet99'; choose one of .*resnet50"),
+        ("cls.output_stride=12", "cls.output_stride: resnet18 supports 8, 16, 32, got 12"),
+        ("data.options.colour=red", "data.options: dataset 'synthetic' has no option 'colour'; it takes: num_images"),
+        ("labels.rule=saliency", "labels.rule=saliency needs labels.saliency_dir"),
+        ("labels.crf=irn", "labels.crf=irn is the CRF of labels.rule=confident"),
+        ("labels.low_threshold=0.5", r"labels.low_threshold \(0.5\) must not exceed labels.fg_threshold"),
+    ],
+)
+def test_bad_values_fail_at_load_naming_the_key_and_the_allowed_values(override, message):
+    pattern = message if "\\(" in message or ".*" in message else re.escape(message)
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(None, [override])
+
+
+def test_boundary_values_load():
+    config = load_config(None, ["cls.write_threshold=1", "cls.momentum=0", "labels.bg_threshold=0",
+                                "cls.contrast_warmup_epochs=0", "labels.crf=irn", "labels.rule=confident"])
+    assert config.cls.write_threshold == 1.0 and config.labels.crf == "irn"
+
+
+def test_literals_match_the_library_choices():
+    # The config lists the choices as Literal[...] so that loading needs no torch import; they must
+    # name exactly what the library accepts.
+    import typing
+
+    from rca.crf import CRF_PRESETS
+    from rca.memory import MEMORY_MODES
+    from rca.models.classifier import AGGREGATIONS, METHODS
+    from rca.pseudo_labels import RULES
+
+    def choices(cls, key):
+        return set(typing.get_args(typing.get_type_hints(cls)[key]))
+
+    assert choices(ClsConfig, "method") == set(METHODS)
+    assert choices(ClsConfig, "aggregation") == set(AGGREGATIONS)
+    assert choices(ClsConfig, "memory_mode") == set(MEMORY_MODES)
+    assert choices(LabelsConfig, "crf") == set(CRF_PRESETS) | {"irn", "none"}  # irn: rca.crf.crf_labels
+    assert choices(LabelsConfig, "rule") == set(RULES) - {"argmax"}  # argmax: datasets without background
+    assert choices(SegConfig, "labels") == {"pseudo", "gt"}
 
 
 def test_missing_file_names_it(tmp_path):

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -118,33 +119,92 @@ def test_mix_regions_mixes_with_partner_labels():
     embeddings, labels = torch.eye(6) * 2.0, torch.arange(6)  # label i <-> row e_i
     mixed, labels_a, labels_b, lam = mix_regions(embeddings, labels,
                                                  generator=torch.Generator().manual_seed(0))
-    assert 0.0 < lam < 1.0
-    assert torch.equal(labels_a, labels) and sorted(labels_b.tolist()) == list(range(6))
-    expected = lam * torch.eye(6) + (1 - lam) * torch.eye(6)[labels_b]
+    assert lam.shape == (6,) and torch.all((lam > 0) & (lam < 1))
+    assert torch.equal(labels_a, labels)
+    expected = lam[:, None] * torch.eye(6) + (1 - lam[:, None]) * torch.eye(6)[labels_b]
     assert torch.allclose(mixed, expected)
     again = mix_regions(embeddings, labels, generator=torch.Generator().manual_seed(0))
-    assert again[3] == lam and torch.equal(again[2], labels_b)
+    assert torch.equal(again[3], lam) and torch.equal(again[2], labels_b)
 
 
-def test_mix_lambda_follows_beta_8_8():
-    generator = torch.Generator().manual_seed(0)
-    x, y = torch.randn(2, 4), torch.tensor([0, 1])
-    lams = torch.tensor([mix_regions(x, y, generator=generator)[3] for _ in range(2000)])
-    assert lams.mean().item() == pytest.approx(0.5, abs=0.01)
-    assert lams.var().item() == pytest.approx(1 / (4 * 17), rel=0.15)  # a*a/((2a)^2 (2a+1))
+def test_mix_partner_is_another_class_from_another_image_where_one_exists():
+    # image 0: classes 0, 1; image 1: class 0; image 2: classes 1, 2; image 3: class 2
+    labels = torch.tensor([0, 1, 0, 1, 2, 2])
+    images = torch.tensor([0, 0, 1, 2, 2, 3])
+    embeddings = torch.randn(6, 4)
+    for seed in range(50):
+        _, _, partner_labels, lam = mix_regions(embeddings, labels, images,
+                                                generator=torch.Generator().manual_seed(seed))
+        assert torch.all(partner_labels != labels) and torch.all(lam < 1)
+        # region 0 (image 0, class 0) may only pair with image 2's classes 1/2 or image 3's class 2
+        assert partner_labels[0] in (1, 2)
+    # every other-image, other-class candidate of region 0 is drawn over the seeds
+    partners = set()
+    for seed in range(200):
+        mixed = mix_regions(torch.eye(6), labels, images, generator=torch.Generator().manual_seed(seed))[0]
+        partners.add(int(mixed[0, 1:].argmax()) + 1)
+    assert partners == {3, 4, 5}
+    # only the same image holds another class: it is used; a one-class batch is not mixed
+    same_image = mix_regions(torch.eye(2), torch.tensor([0, 1]), torch.tensor([0, 0]))
+    assert same_image[2].tolist() == [1, 0]
+    mixed, _, partner_labels, lam = mix_regions(torch.eye(3), torch.tensor([4, 4, 4]), torch.arange(3))
+    assert torch.equal(lam, torch.ones(3)) and torch.equal(mixed, torch.eye(3))
+    with pytest.raises(ValueError, match="image index"):
+        mix_regions(torch.eye(3), torch.tensor([4, 4, 4]), torch.arange(2))
+
+
+def test_mix_lambda_is_exactly_the_beta_order_statistic_for_a_seed():
+    # Beta(a, a) is the a-th smallest of 2a - 1 uniforms; alpha = 1 is the uniform itself.
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    lam = mix_regions(x, y, alpha=1, generator=torch.Generator().manual_seed(7))[3]
+    torch.testing.assert_close(lam, torch.rand(5, 1, generator=torch.Generator().manual_seed(7))[:, 0],
+                               rtol=0, atol=0)
+    lam = mix_regions(x, y, alpha=3, generator=torch.Generator().manual_seed(7))[3]
+    uniforms = torch.rand(5, 5, generator=torch.Generator().manual_seed(7))
+    expected = [sorted(row)[2] for row in uniforms.tolist()]
+    assert lam.tolist() == pytest.approx(expected, abs=0)
+    assert len(set(lam.tolist())) == 5  # one lambda per region
     with pytest.raises(ValueError, match="alpha"):
         mix_regions(x, y, alpha=0.5)
 
 
-def test_mixed_loss_is_lambda_weighted_sum():
+def test_mix_lambda_follows_beta_8_8():
+    # 4000 draws for seed 0: Kolmogorov-Smirnov against scipy's Beta(8, 8); fixed seed, fixed answer.
+    stats = pytest.importorskip("scipy.stats")
+    x, y = torch.randn(4000, 2), torch.arange(4000) % 2
+    lams = mix_regions(x, y, generator=torch.Generator().manual_seed(0))[3].double().numpy()
+    assert stats.kstest(lams, stats.beta(8, 8).cdf).pvalue > 0.05
+    assert lams.mean() == pytest.approx(0.5, abs=0.01)
+    assert lams.var() == pytest.approx(1 / (4 * 17), rel=0.1)  # a*a/((2a)^2 (2a+1))
+    # a uniform lambda would fail the same test
+    assert stats.kstest(np.random.default_rng(0).uniform(size=4000), stats.beta(8, 8).cdf).pvalue < 1e-6
+
+
+def test_mixed_loss_is_the_per_region_lambda_weighted_sum():
     generator = torch.Generator().manual_seed(5)
     embeddings = torch.randn(6, 8, generator=generator)
     labels, keys = torch.tensor([0, 1, 2, 0, 1, 2]), torch.randn(24, 8, generator=generator)
+    images = torch.tensor([0, 0, 1, 2, 3, 3])
     key_labels = torch.arange(24) % 3
     loss = mixed_semantic_contrast_loss(embeddings, labels, keys, key_labels, temperature=0.1,
-                                        generator=torch.Generator().manual_seed(9))
-    mixed, labels_a, labels_b, lam = mix_regions(embeddings, labels,
+                                        generator=torch.Generator().manual_seed(9), image_index=images)
+    mixed, labels_a, labels_b, lam = mix_regions(embeddings, labels, images,
                                                  generator=torch.Generator().manual_seed(9))
-    expected = (lam * semantic_contrast_loss(mixed, labels_a, keys, key_labels, 0.1)
-                + (1 - lam) * semantic_contrast_loss(mixed, labels_b, keys, key_labels, 0.1))
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    expected = sum(
+        lam[i] * reference_loss(mixed[i:i + 1], labels_a[i:i + 1], keys, key_labels, 0.1)
+        + (1 - lam[i]) * reference_loss(mixed[i:i + 1], labels_b[i:i + 1], keys, key_labels, 0.1)
+        for i in range(6)) / 6
+    assert loss.item() == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_mixed_loss_drops_a_term_without_positives_and_keeps_the_graph():
+    keys, key_labels = torch.eye(3), torch.tensor([0, 1, 1])
+    embeddings = torch.tensor([[1.0, 0.2, 0.0], [0.0, 1.0, 0.3]], requires_grad=True)
+    labels = torch.tensor([0, 2])  # class 2 has no memory entry: only the class-0 term counts
+    loss = mixed_semantic_contrast_loss(embeddings, labels, keys, key_labels, 0.5,
+                                        generator=torch.Generator().manual_seed(0))
+    mixed = mix_regions(embeddings, labels, generator=torch.Generator().manual_seed(0))[0]
+    expected = reference_loss(mixed.detach(), torch.tensor([0, 0]), keys, key_labels, 0.5)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    zero = mixed_semantic_contrast_loss(embeddings, torch.tensor([2, 3]), keys, key_labels)
+    assert zero.item() == 0.0 and zero.requires_grad

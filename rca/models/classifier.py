@@ -29,7 +29,7 @@ from rca.memory import RegionalMemory
 from rca.models.backbones import build_backbone
 
 METHODS = ("rca", "cam")
-AGGREGATIONS = ("scaled", "unnormalised")
+AGGREGATIONS = ("cosine", "learnable", "scaled", "unnormalised", "none")
 EMBED_HIDDEN_CHANNELS = 512  # width of the embedding head's 3x3 conv (released code: 512)
 
 
@@ -76,15 +76,18 @@ class RCAClassifier(nn.Module):
         memory_size, memory_mode, memory_momentum: see :class:`~rca.memory.RegionalMemory`.
         num_centres: k-means centres per class for semantic aggregation (released code: 10).
         aggregation: how pixel queries attend to the centres (see :meth:`aggregate`).
+        aggregation_temperature: ``tau > 0`` of the ``"cosine"`` attention, or the initial value
+            of the learned one (``"learnable"``); ignored otherwise.
 
     Raises:
-        ValueError: on an unknown method or aggregation, or a backbone without ``out_channels``.
+        ValueError: on an unknown method or aggregation, a non-positive temperature, or a backbone
+            without ``out_channels``.
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, method: str = "rca",
                  embed_dim: int = 128, memory_size: int = 500, memory_mode: str = "fifo",
                  memory_momentum: float = 0.99, num_centres: int = 10,
-                 aggregation: str = "scaled"):
+                 aggregation: str = "cosine", aggregation_temperature: float = 0.1):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"classifier method must be one of {METHODS}, got {method!r} "
@@ -92,6 +95,9 @@ class RCAClassifier(nn.Module):
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r} "
                              f"(config key cls.aggregation)")
+        if not aggregation_temperature > 0:
+            raise ValueError(f"aggregation_temperature must be > 0, got {aggregation_temperature} "
+                             f"(config key cls.aggregation_temperature)")
         channels = getattr(backbone, "out_channels", None)
         if not isinstance(channels, int):
             raise ValueError(f"backbone {type(backbone).__name__} needs an integer `out_channels`")
@@ -115,6 +121,11 @@ class RCAClassifier(nn.Module):
             self.register_buffer("centre_labels",
                                  torch.arange(num_classes).repeat_interleave(num_centres))
             self.register_buffer("centre_valid", torch.zeros(num, dtype=torch.bool))
+            log_temperature = torch.tensor(math.log(aggregation_temperature))
+            if aggregation == "learnable":
+                self.log_temperature = nn.Parameter(log_temperature)  # a head parameter
+            else:
+                self.register_buffer("log_temperature", log_temperature)
         else:
             self.memory = None
         for name, module in self.named_modules():
@@ -138,10 +149,11 @@ class RCAClassifier(nn.Module):
         Returns:
             dict with ``scores`` ``(B, K)`` logits (GAP of ``cams``), ``scores_coarse`` ``(B, K)``
             (GAP of the coarse CAMs; ``None`` for method ``"cam"``), ``cams`` ``(B, K, h, w)`` raw
-            (pre-ReLU) CAMs, and, when ``tags`` is given and method is ``"rca"``,
-            ``region_embeddings`` ``(N, D)`` (L2-normalised, with grad), ``region_labels``
-            ``(N,)`` int64 and ``region_images`` ``(N,)`` int64, one region per tagged class of
-            each image, ordered by image then class.
+            (pre-ReLU) CAMs, for method ``"rca"`` ``attention`` (the second output of
+            :meth:`aggregate`, for :func:`attention_statistics`), and, when ``tags`` is given and
+            method is ``"rca"``, ``region_embeddings`` ``(N, D)`` (L2-normalised, with grad),
+            ``region_labels`` ``(N,)`` int64 and ``region_images`` ``(N,)`` int64, one region per
+            tagged class of each image, ordered by image then class.
 
         Raises:
             ValueError: if ``tags`` is not ``(B, K)``.
@@ -151,10 +163,10 @@ class RCAClassifier(nn.Module):
         if self.method == "cam":
             return {"scores": cams_coarse.mean((2, 3)), "scores_coarse": None, "cams": cams_coarse}
         features = self.embed_head(x)
-        context, _ = self.aggregate(features)
+        context, attention = self.aggregate(features)
         cams = self.fine_head(self.fuse(torch.cat([x, context.to(x.dtype)], 1)))
         outputs = {"scores": cams.mean((2, 3)), "scores_coarse": cams_coarse.mean((2, 3)),
-                   "cams": cams}
+                   "cams": cams, "attention": attention}
         if tags is not None:
             embeddings, labels, image_index = self.region_embeddings(features, cams_coarse, tags)
             outputs.update(region_embeddings=embeddings, region_labels=labels,
@@ -186,39 +198,58 @@ class RCAClassifier(nn.Module):
         embeddings = pooled / masks.sum(1, keepdim=True)
         return F.normalize(embeddings, dim=1), labels, image_index
 
+    @property
+    def aggregation_temperature(self) -> float:
+        """Current temperature of the ``"cosine"``/``"learnable"`` attention (a float)."""
+        return float(self.log_temperature.detach().exp())
+
     def aggregate(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Semantic aggregation: each pixel gathers memory centres by attention (Sec. 3.3).
 
-        Keys and values are the valid centres ``c`` (unit-norm, no grad). Attention:
+        Keys and values are the M valid centres ``c`` (unit-norm, no grad). The paper computes
+        ``S = softmax(F Q^T)`` with pixel features ``F`` and centroids ``Q`` in one space (RCA, Zhou
+        et al., CVPR 2022, arXiv:2203.09653, Sec. 3.3) and the context ``S Q``. Attention:
 
-        * ``"scaled"`` (default): scaled dot-product attention ``softmax(f c^T / sqrt(D))`` over
-          the centres with the raw pixel embeddings ``f`` as queries; rows sum to 1. The queries
-          are not normalised, so the embedding head learns how selective the attention is (unit
-          queries would bound the logits by ``1/sqrt(D)`` and make it nearly uniform).
+        * ``"cosine"`` (default): the paper's form on L2-normalised queries ``q`` and centres, with
+          a temperature, ``softmax(q c^T / tau)``, ``tau = aggregation_temperature``. On unit
+          vectors the logits lie in ``[-1/tau, 1/tau]``: without the temperature (or with the
+          ``1/sqrt(D)`` of ``"scaled"``) the weights stay close to uniform ``1/M`` and the context is
+          the mean centre whatever the pixel. The default ``tau`` was chosen on the demo (README,
+          *Semantic aggregation*).
+        * ``"learnable"``: as ``"cosine"`` with ``tau = exp(log_temperature)`` learned (initialised
+          at ``aggregation_temperature``), as CLIP learns its logit scale.
+        * ``"scaled"``: ``softmax(f c^T / sqrt(D))`` on the raw pixel embeddings ``f``, the
+          transformer's scaled dot product; measured nearly uniform on the demo (kept for ablation).
         * ``"unnormalised"``: the released code's expression ``q c^T / num_centres * K`` on
           L2-normalised queries ``q``, with no softmax (``sim = matmul(query, key) / self.cluter_num
           * 20``; its queries, keys and values pass through learned 1x1/linear projections, left out
           here). The weights are signed and unnormalised: the context is a linear map of ``q`` onto
           the centres' span.
+        * ``"none"``: no aggregation (the context is zero), the ablation that keeps every other
+          part of RCA.
 
         Args:
             features: ``(B, D, h, w)`` embedding map F.
 
         Returns:
             ``context`` ``(B, D, h, w)`` and ``attention`` ``(B, h*w, M)`` over the M valid
-            centres (in ``centres`` order); before any centre exists (M = 0), zeros and ``None``.
+            centres (in ``centres`` order; rows sum to 1 except for ``"unnormalised"``); before any
+            centre exists (M = 0) or for ``"none"``, zeros and ``None``.
         """
         b, d, h, w = features.shape
         centres = self.centres[self.centre_valid]
-        if centres.shape[0] == 0:
+        if centres.shape[0] == 0 or self.aggregation == "none":
             return features.new_zeros(b, d, h, w), None
         queries = features.flatten(2).transpose(1, 2)  # (B, hw, D)
-        if self.aggregation == "scaled":
-            attention = (queries @ centres.to(queries.dtype).t() / math.sqrt(d)).softmax(2)  # (B, hw, M)
+        centres = centres.to(queries.dtype)
+        if self.aggregation in ("cosine", "learnable"):
+            logits = F.normalize(queries, dim=2) @ centres.t() / self.log_temperature.exp().to(queries.dtype)
+            attention = logits.softmax(2)  # (B, hw, M)
+        elif self.aggregation == "scaled":
+            attention = (queries @ centres.t() / math.sqrt(d)).softmax(2)
         else:
-            queries = F.normalize(queries, dim=2)
-            attention = (queries @ centres.to(queries.dtype).t()) * (self.num_classes / self.num_centres)
-        context = attention @ centres.to(attention.dtype)  # (B, hw, D)
+            attention = (F.normalize(queries, dim=2) @ centres.t()) * (self.num_classes / self.num_centres)
+        context = attention @ centres  # (B, hw, D)
         return context.transpose(1, 2).reshape(b, d, h, w), attention
 
     @torch.no_grad()
@@ -276,6 +307,37 @@ class RCAClassifier(nn.Module):
         return outputs["region_embeddings"].detach()[keep], labels[keep]
 
 
+@torch.no_grad()
+def attention_statistics(attention: torch.Tensor | None) -> dict[str, float]:
+    """How selective the semantic aggregation is: mean entropy and mean largest weight.
+
+    For logging per epoch (issue: a nearly uniform attention makes aggregation a no-op). Uniform
+    attention over M centres has entropy ``log M`` and largest weight ``1/M``; one-hot has 0 and 1.
+
+    Args:
+        attention: ``(B, P, M)`` rows that are distributions over M centres (the ``"attention"``
+            output of :meth:`RCAClassifier.forward` for ``"cosine"``, ``"learnable"`` and
+            ``"scaled"``), or ``None`` (no centres yet, method ``"cam"``, aggregation ``"none"``).
+
+    Returns:
+        ``{}`` for ``None`` or rows that are not distributions (``"unnormalised"``); else
+        ``attention_entropy`` (mean over rows, nats), ``attention_entropy_ratio`` (that divided by
+        ``log M``, in [0, 1]; 1 when M = 1), ``attention_max_weight`` (mean over rows) and
+        ``attention_centres`` (M).
+    """
+    if attention is None:
+        return {}
+    attention = attention.float()
+    if attention.min() < 0 or not torch.allclose(attention.sum(-1), attention.new_ones(()), atol=1e-2):
+        return {}
+    m = attention.shape[-1]
+    entropy = -(attention * attention.clamp_min(1e-12).log()).sum(-1).mean().item()
+    return {"attention_entropy": entropy,
+            "attention_entropy_ratio": entropy / math.log(m) if m > 1 else 1.0,
+            "attention_max_weight": attention.amax(-1).mean().item(),
+            "attention_centres": m}
+
+
 def rca_classification_loss(outputs: dict, tags: torch.Tensor,
                             coarse_weight: float = 0.4) -> torch.Tensor:
     """Multi-label soft-margin loss on the fine scores plus ``coarse_weight`` x on the coarse ones.
@@ -306,6 +368,7 @@ def classifier_args(cfg, num_classes: int) -> dict:
         pretrained=cfg.pretrained, method=cfg.method, embed_dim=cfg.embed_dim,
         memory_size=cfg.memory_size, memory_mode=cfg.memory_mode, memory_momentum=cfg.memory_momentum,
         num_centres=cfg.num_centres, aggregation=cfg.aggregation,
+        aggregation_temperature=cfg.aggregation_temperature,
     )
 
 
@@ -313,7 +376,8 @@ def build_classifier(num_classes: int, backbone: str = "resnet50", output_stride
                      pretrained: str = "none", method: str = "rca", embed_dim: int = 128,
                      memory_size: int = 500, memory_mode: str = "fifo",
                      memory_momentum: float = 0.99, num_centres: int = 10,
-                     aggregation: str = "scaled") -> RCAClassifier:
+                     aggregation: str = "cosine",
+                     aggregation_temperature: float = 0.1) -> RCAClassifier:
     """Build an :class:`RCAClassifier` on ``build_backbone(backbone, output_stride, pretrained)``.
 
     Args mirror the ``cls`` section of the config (see :class:`RCAClassifier` for their meaning).
@@ -322,4 +386,5 @@ def build_classifier(num_classes: int, backbone: str = "resnet50", output_stride
                                         pretrained=pretrained),
                          num_classes, method=method, embed_dim=embed_dim, memory_size=memory_size,
                          memory_mode=memory_mode, memory_momentum=memory_momentum,
-                         num_centres=num_centres, aggregation=aggregation)
+                         num_centres=num_centres, aggregation=aggregation,
+                         aggregation_temperature=aggregation_temperature)
