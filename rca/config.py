@@ -98,6 +98,52 @@ class LabelsConfig:
 
 
 @dataclass
+class PixelContrastConfig:
+    """``seg.contrast.pixel``: pixel contrast, Wang et al. ICCV 2021 (:mod:`rca.losses.pixel_contrast`);
+    used by ``pixel`` (in-batch) and ``pixel_memory`` (pixel + segment queues)."""
+
+    weight: float = 0.1
+    temperature: float = 0.1
+    base_temperature: float = 0.07
+    max_samples: int = 1024  # hard anchor sampler: anchors per batch
+    max_views: int = 100  # hard anchor sampler: anchors per (image, class)
+    memory_size: int = 5000  # pixel_memory: slots per class of each queue
+    pixels_per_image: int = 10  # pixel_memory: pixels enqueued per class and image
+
+
+@dataclass
+class RegionContrastConfig:
+    """``seg.contrast.region``: region contrast, Hu et al. ICCV 2021 (:mod:`rca.losses.region_contrast`)."""
+
+    weight: float = 0.1
+    temperature: float = 0.2
+    memory_size: int = 0  # region centres kept per class; 0 = the number of training images
+
+
+@dataclass
+class ContextrastConfig:
+    """``seg.contrast.contextrast``: Contextrast, Sung et al. CVPR 2024 (:mod:`rca.losses.contextrast`)."""
+
+    weight: float = 0.1
+    temperature: float = 0.1  # not given by the paper
+    layer_weights: tuple[float, float, float, float] = (0.1, 0.3, 0.7, 1.0)  # shallow to deep
+    anchor_weights: tuple[float, float] = (0.5, 0.5)  # (w_l, w_h), not given by the paper
+    negative_fraction: float = 0.5  # BANE: lowest K of the distances
+
+
+@dataclass
+class ContrastConfig:
+    """``seg.contrast``: contrastive losses added to the cross-entropy (:func:`rca.losses.build_contrast`)."""
+
+    losses: list[str] = field(default_factory=list)  # any of pixel, pixel_memory, region, contextrast
+    dim: int = 256  # projection head output
+    warmup_iters: int = 0  # the contrastive terms count (weight > 0) from this iteration on
+    pixel: PixelContrastConfig = field(default_factory=PixelContrastConfig)
+    region: RegionContrastConfig = field(default_factory=RegionContrastConfig)
+    contextrast: ContextrastConfig = field(default_factory=ContextrastConfig)
+
+
+@dataclass
 class SegConfig:
     """Stage 3: DeepLab-v2 (Chen et al., TPAMI 2017) on pseudo labels or true masks."""
 
@@ -122,6 +168,7 @@ class SegConfig:
     eval_crf: bool = False
     amp: bool = True
     log_interval: int = 20
+    contrast: ContrastConfig = field(default_factory=ContrastConfig)
 
 
 @dataclass

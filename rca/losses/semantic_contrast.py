@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rca.losses.info_nce import info_nce
+
 
 def semantic_contrast_loss(queries: torch.Tensor, query_labels: torch.Tensor, keys: torch.Tensor,
                            key_labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
@@ -57,19 +59,7 @@ def semantic_contrast_loss(queries: torch.Tensor, query_labels: torch.Tensor, ke
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature} (config key cls.temperature)")
     positive = query_labels[:, None] == key_labels[None, :]  # (N, K)
-    valid = positive.any(1) & ~positive.all(1)
-    if not bool(valid.any()):
-        return queries.sum() * 0.0
-    positive = positive[valid]
-    q = F.normalize(queries[valid].float(), dim=1)
-    k = F.normalize(keys.float(), dim=1)
-    logits = q @ k.t() / temperature  # (N', K)
-    # log sum_{k-} exp(q.k-/t) per query; finite because every kept query has a negative
-    negative_lse = logits.masked_fill(positive, float("-inf")).logsumexp(1, keepdim=True)
-    # -log(e^l / (e^l + e^lse)) = log(1 + e^(lse - l)) = softplus(lse - l), stable for any l
-    terms = F.softplus(negative_lse - logits)
-    per_query = (terms * positive).sum(1) / positive.sum(1)
-    return per_query.mean()
+    return info_nce(F.normalize(queries, dim=1), F.normalize(keys, dim=1), positive, ~positive, temperature)
 
 
 def mix_regions(embeddings: torch.Tensor, labels: torch.Tensor, alpha: int = 8,
