@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rca.engine.distributed import all_gather_rows
+from rca.engine.distributed import all_gather_rows, is_distributed
 from rca.losses.info_nce import info_nce, resize_labels
 from rca.memory import RegionalMemory
 from rca.models.heads import ProjectionHead
@@ -196,7 +196,7 @@ class PixelContrast(nn.Module):
     def _in_batch(self, anchors: torch.Tensor, anchor_labels: torch.Tensor) -> torch.Tensor:
         """Eq. 3 over the anchors of all ranks (this rank's anchors are the queries)."""
         n = anchor_labels.numel()
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        rank = torch.distributed.get_rank() if is_distributed() else 0
         owner = torch.full((n,), rank, dtype=torch.long, device=anchor_labels.device)
         index = torch.arange(n, device=anchor_labels.device)
         keys, key_labels, key_owner, key_index = all_gather_rows(anchors, anchor_labels, owner, index,

@@ -40,7 +40,7 @@ def region_centres(embeddings: torch.Tensor, labels: torch.Tensor,
         labels: ``(B, h, w)`` int64 labels at the embedding size; ``ignore_index`` pixels are left out.
 
     Returns:
-        ``centres`` ``(R, D)`` float (unit rows; gradients flow to the embeddings) and
+        ``centres`` ``(R, D)`` float32 (unit rows; gradients flow to the embeddings) and
         ``centre_labels`` ``(R,)`` int64, ordered by image then class; ``R = 0`` when every pixel is
         ignored.
 
@@ -56,7 +56,7 @@ def region_centres(embeddings: torch.Tensor, labels: torch.Tensor,
     classes, inverse = flat_labels[valid].unique(return_inverse=True)
     image = torch.arange(batch, device=labels.device)[:, None].expand_as(flat_labels)[valid]
     group = image * len(classes) + inverse  # (image, class) id of every valid pixel
-    pixels = embeddings.permute(0, 2, 3, 1).reshape(-1, dim)[valid.flatten()]
+    pixels = embeddings.permute(0, 2, 3, 1).reshape(-1, dim)[valid.flatten()].float()  # fp32 sums under AMP
     sums = pixels.new_zeros(batch * len(classes), dim).index_add_(0, group, pixels)
     counts = torch.bincount(group, minlength=batch * len(classes))
     present = counts > 0
