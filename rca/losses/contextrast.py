@@ -2,25 +2,26 @@
 negative (BANE) sampling.
 
 Sung, Kim, An, Lee, Lim, Myung, "Contextrast: Contextual Contrastive Learning for Semantic
-Segmentation", CVPR 2024, arXiv:2404.10633 (no public code; equations restated in the authors'
-follow-up, Contextrast++).
+Segmentation", CVPR 2024, arXiv:2404.10633. No public code exists; the authors' follow-up
+(Contextrast++) restates the equations but was not available here, so the formulas below follow the
+CVPR paper (anchor update, ``L_a``, ``L_PA``, the BANE distance map) and the project's issue.
 
-Contextual contrastive learning (Sec. 3.2). Each of the ``I = 4`` backbone stages gets its own
+Contextual contrastive learning (CCL). Each of the ``I = 4`` backbone stages gets its own
 projection head to D = 256 (L2-normalised). At stage ``i`` the representative anchor of class ``n``
 is the mean of that stage's embeddings whose label, downsampled (nearest) to the stage, is ``n``
-(Eq. 1, mini-batch, ground truth), ``A_i = {a_i^n}``. Every stage's anchors are updated with the
-deepest stage's (Eq. 2),
+(mini-batch, ground truth), ``A_i = {a_i^n}``. Every stage's anchors are updated with the
+deepest stage's,
 
     A^_i = w_l A_i + w_h A_I,   w_l + w_h = 1,
 
-and the pixel-anchor loss (Eq. 3-4) takes each updated anchor as the query, the stage's pixel
+and the pixel-anchor loss ``L_PA`` takes each updated anchor as the query, the stage's pixel
 embeddings of its class as positives and the BANE-sampled pixels of the other classes as
 negatives:
 
     L_a(a^) = -1/|P| sum_{v+ in P} log( exp(a^.v+/t) / (exp(a^.v+/t) + sum_{v- in N} exp(a^.v-/t)) ),
     L_PA = sum_i lambda_i (1/N_i) sum_{a^ in A^_i} L_a(a^).
 
-BANE sampling (Sec. 3.3, Eq. 5-6): per class ``n`` the error map ``E_n`` = (label = n and
+BANE sampling (boundary-aware negatives): per class ``n`` the error map ``E_n`` = (label = n and
 prediction != n), the prediction downsampled to the stage; a Euclidean distance transform inside
 ``E_n`` gives each error pixel its distance to the nearest pixel outside ``E_n``; the pixels in
 the lowest ``K`` percent of these distances are the negatives of class ``n`` (hard negatives on
@@ -62,7 +63,7 @@ from rca.models.heads import ProjectionHead
 
 def class_anchors(embeddings: torch.Tensor, labels: torch.Tensor,
                   num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class mean embedding (Contextrast Eq. 1) over the batch, and over all ranks under DDP.
+    """Per-class mean embedding (Contextrast's representative anchors) over the batch, and over all ranks under DDP.
 
     Args:
         embeddings: ``(B, D, h, w)`` float.
@@ -86,7 +87,7 @@ def class_anchors(embeddings: torch.Tensor, labels: torch.Tensor,
 
 def update_anchors(anchors: torch.Tensor, present: torch.Tensor, top_anchors: torch.Tensor,
                    top_present: torch.Tensor, weights: tuple[float, float] = (0.5, 0.5)) -> torch.Tensor:
-    """Contextrast Eq. 2: ``A^_i = w_l A_i + w_h A_I`` for classes present at both stages, ``A_i``
+    """Contextrast's anchor update ``A^_i = w_l A_i + w_h A_I`` for classes present at both stages, ``A_i``
     elsewhere, then L2-normalised rows.
 
     Args:
@@ -103,7 +104,7 @@ def update_anchors(anchors: torch.Tensor, present: torch.Tensor, top_anchors: to
 
 
 def boundary_negatives(errors: np.ndarray, fraction: float = 0.5) -> np.ndarray:
-    """BANE sampling of one error map (Contextrast Eq. 5-6): the error pixels whose Euclidean
+    """BANE sampling of one error map (Contextrast's distance map ``D_n``): the error pixels whose Euclidean
     distance to the nearest non-error pixel is among the lowest ``fraction`` of the region's.
 
     Args:
@@ -151,7 +152,7 @@ def bane_sampling(labels: torch.Tensor, predictions: torch.Tensor, num_classes: 
 
 def pixel_anchor_loss(anchors: torch.Tensor, present: torch.Tensor, embeddings: torch.Tensor,
                       labels: torch.Tensor, negatives: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    """Pixel-anchor loss of one stage (Contextrast Eq. 3-4, before the stage weight).
+    """Pixel-anchor loss of one stage (Contextrast's ``L_a`` averaged over anchors, before the stage weight).
 
     Args:
         anchors: ``(C, D)`` updated anchors (unit rows); ``present``: ``(C,)`` bool.

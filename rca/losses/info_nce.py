@@ -7,7 +7,7 @@ temperature ``t``, the loss of ``q`` is
     l(q) = -1/|P(q)| sum_{p in P(q)} log( exp(q.p/t) / (exp(q.p/t) + sum_{n in N(q)} exp(q.n/t)) ),
 
 i.e. each positive is contrasted with all negatives, the other positives staying out of its
-denominator (Wang et al., ICCV 2021, arXiv:2101.11939, Eq. 3; Zhou et al., CVPR 2022, Eq. 3). The
+denominator (Wang et al., ICCV 2021, arXiv:2101.11939; Zhou et al., CVPR 2022, Eq. 3). The
 loss is the mean of ``l(q)`` over the queries that have at least one positive and one negative.
 
 Also here: nearest-neighbour resizing of label maps to an embedding grid, which every dense loss

@@ -4,13 +4,13 @@ against a memory of pixel and segment embeddings.
 Wang, Zhou, Yu, Dai, Konukoglu, Van Gool, "Exploring Cross-Image Pixel Contrast for Semantic
 Segmentation", ICCV 2021, arXiv:2101.11939 (released code: tfzhou/ContrastiveSeg).
 
-Loss (Eq. 3, with the released code's ``temperature / base_temperature`` scale): for an anchor
+Loss (the paper's pixel-wise InfoNCE, with the released code's ``temperature / base_temperature`` scale): for an anchor
 pixel embedding ``i`` with positives ``P_i`` (same label, ``p != i``) and negatives ``N_i``,
 
     L_i = -(t / t_b) 1/|P_i| sum_{p in P_i} log( exp(i.p/t) / (exp(i.p/t) + sum_{n in N_i} exp(i.n/t)) ),
 
 averaged over anchors (t = 0.1, t_b = 0.07). Anchors come from the segmentation-aware hard anchor
-sampler (Sec. 3.4, :func:`hard_anchor_sampling`). The memory variant (Sec. 3.3, "pixel-to-region"
+sampler (:func:`hard_anchor_sampling`). The memory variant ("pixel-to-region"
 and "pixel-to-pixel" memory) keeps one pixel queue and one segment queue per class and contrasts
 the anchors with the memory only, as the released code does.
 
@@ -44,7 +44,7 @@ from rca.models.heads import ProjectionHead
 
 def pixel_contrast_loss(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
                         base_temperature: float = 0.07) -> torch.Tensor:
-    """Pixel-to-pixel supervised InfoNCE within a set of pixel embeddings (module docstring, Eq. 3).
+    """Pixel-to-pixel supervised InfoNCE within a set of pixel embeddings (module docstring).
 
     Every row is an anchor; its positives are the other rows with its label, its negatives all rows
     with another label. Anchors with no positive or no negative are skipped (no NaN); if all are
@@ -77,7 +77,7 @@ def pixel_contrast_loss(embeddings: torch.Tensor, labels: torch.Tensor, temperat
 def hard_anchor_sampling(embeddings: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor,
                          max_samples: int = 1024, max_views: int = 100, ignore_index: int = 255,
                          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Segmentation-aware hard anchor sampling (Wang et al., ICCV 2021, Sec. 3.4).
+    """Segmentation-aware hard anchor sampling (Wang et al., ICCV 2021, arXiv:2101.11939).
 
     Per image, every class (not ``ignore_index``) with more than ``max_views`` pixels is a pair;
     with ``n_pairs`` pairs in the batch each pair gets ``n_view = min(max_samples // n_pairs,
@@ -129,7 +129,7 @@ def hard_anchor_sampling(embeddings: torch.Tensor, labels: torch.Tensor, predict
 def memory_contrast_loss(anchors: torch.Tensor, anchor_labels: torch.Tensor, keys: torch.Tensor,
                          key_labels: torch.Tensor, temperature: float = 0.1,
                          base_temperature: float = 0.07) -> torch.Tensor:
-    """Anchors against memory entries (Wang et al., Sec. 3.3): Eq. 3 with the memory's same-class
+    """Anchors against memory entries (Wang et al., memory variant): the pixel-wise InfoNCE with the memory's same-class
     entries as positives and all its other entries as negatives, scaled by ``t / t_b``.
 
     Args:
@@ -194,7 +194,7 @@ class PixelContrast(nn.Module):
         return loss + 0.0 * embeddings.sum()  # keeps every head parameter in the graph (DDP)
 
     def _in_batch(self, anchors: torch.Tensor, anchor_labels: torch.Tensor) -> torch.Tensor:
-        """Eq. 3 over the anchors of all ranks (this rank's anchors are the queries)."""
+        """The pixel-wise InfoNCE over the anchors of all ranks (this rank's anchors are the queries)."""
         n = anchor_labels.numel()
         rank = torch.distributed.get_rank() if is_distributed() else 0
         owner = torch.full((n,), rank, dtype=torch.long, device=anchor_labels.device)

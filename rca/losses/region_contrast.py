@@ -4,8 +4,8 @@ Hu, Cui, Wang, "Region-Aware Contrastive Learning for Semantic Segmentation", IC
 pp. 16291-16301 (CVF open access; no arXiv version was found; released code: hzhupku/RegionContrast).
 
 Per image and class ``c`` present in the (downsampled) label, the region centre is the mean of the
-projected pixel embeddings under the label, L2-normalised (Sec. 3.2). A per-class FIFO memory holds
-the centres of past images (Sec. 3.3). Each current centre ``q`` of class ``c`` is contrasted with
+projected pixel embeddings under the label, L2-normalised. A per-class FIFO memory holds
+the centres of past images. Each current centre ``q`` of class ``c`` is contrasted with
 the memory in the paper's InfoNCE form,
 
     L(q) = -1/|P| sum_{k+ in P} log( exp(q.k+/t) / (exp(q.k+/t) + sum_{k- in N} exp(q.k-/t)) ),
@@ -33,7 +33,7 @@ from rca.models.heads import ProjectionHead
 
 def region_centres(embeddings: torch.Tensor, labels: torch.Tensor,
                    ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
-    """One L2-normalised region centre per (image, class present), Hu et al. Sec. 3.2.
+    """One L2-normalised region centre per (image, class present), as in Hu et al.
 
     Args:
         embeddings: ``(B, D, h, w)`` float pixel embeddings.

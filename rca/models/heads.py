@@ -1,7 +1,7 @@
 """Projection heads: map backbone features to L2-normalised embeddings for contrastive losses.
 
 Wang et al., "Exploring Cross-Image Pixel Contrast for Semantic Segmentation", ICCV 2021,
-arXiv:2101.11939, Sec. 3.3: a 1x1 conv - BN - ReLU - 1x1 conv head on the backbone features, whose
+arXiv:2101.11939: a 1x1 conv - BN - ReLU - 1x1 conv head on the backbone features, whose
 output is L2-normalised per pixel. Region contrast and Contextrast use the same head (Contextrast
 one per backbone stage). Heads are training-only layers: they live with the losses
 (:func:`rca.losses.build_contrast`), never in the segmentation model, so inference costs nothing.
@@ -16,7 +16,7 @@ from torch import nn
 
 class ProjectionHead(nn.Sequential):
     """1x1 conv (``in_channels`` -> ``in_channels``) - BN - ReLU - 1x1 conv (-> ``dim``), then L2
-    normalisation along the channels (Wang et al., ICCV 2021, arXiv:2101.11939, Sec. 3.3).
+    normalisation along the channels (Wang et al., ICCV 2021, arXiv:2101.11939).
 
     Args:
         in_channels: channels of the input features.
