@@ -138,6 +138,52 @@ class LabelsConfig:
 
 
 @dataclass
+class PixelContrastConfig:
+    """``seg.contrast.pixel``: pixel contrast, Wang et al. ICCV 2021 (:mod:`rca.losses.pixel_contrast`);
+    used by ``pixel`` (in-batch) and ``pixel_memory`` (pixel + segment queues)."""
+
+    weight: NonNegativeFloat = 0.1
+    temperature: PositiveFloat = 0.1
+    base_temperature: PositiveFloat = 0.07
+    max_samples: PositiveInt = 1024  # hard anchor sampler: anchors per batch
+    max_views: PositiveInt = 100  # hard anchor sampler: anchors per (image, class)
+    memory_size: PositiveInt = 5000  # pixel_memory: slots per class of each queue
+    pixels_per_image: PositiveInt = 10  # pixel_memory: pixels enqueued per class and image
+
+
+@dataclass
+class RegionContrastConfig:
+    """``seg.contrast.region``: region contrast, Hu et al. ICCV 2021 (:mod:`rca.losses.region_contrast`)."""
+
+    weight: NonNegativeFloat = 0.1
+    temperature: PositiveFloat = 0.2
+    memory_size: NonNegativeInt = 0  # region centres kept per class; 0 = the number of training images
+
+
+@dataclass
+class ContextrastConfig:
+    """``seg.contrast.contextrast``: Contextrast, Sung et al. CVPR 2024 (:mod:`rca.losses.contextrast`)."""
+
+    weight: NonNegativeFloat = 0.1
+    temperature: PositiveFloat = 0.1  # not given by the paper
+    layer_weights: tuple[NonNegativeFloat, NonNegativeFloat, NonNegativeFloat, NonNegativeFloat] = (0.1, 0.3, 0.7, 1.0)  # shallow to deep
+    anchor_weights: tuple[UnitFloat, UnitFloat] = (0.5, 0.5)  # (w_l, w_h), not given by the paper
+    negative_fraction: Annotated[float, Range(0, 1, low_open=True)] = 0.5  # BANE: lowest K of the distances
+
+
+@dataclass
+class ContrastConfig:
+    """``seg.contrast``: contrastive losses added to the cross-entropy (:func:`rca.losses.build_contrast`)."""
+
+    losses: list[Literal["pixel", "pixel_memory", "region", "contextrast"]] = field(default_factory=list)
+    dim: PositiveInt = 256  # projection head output
+    warmup_iters: NonNegativeInt = 0  # the contrastive terms count (weight > 0) from this iteration on
+    pixel: PixelContrastConfig = field(default_factory=PixelContrastConfig)
+    region: RegionContrastConfig = field(default_factory=RegionContrastConfig)
+    contextrast: ContextrastConfig = field(default_factory=ContextrastConfig)
+
+
+@dataclass
 class SegConfig:
     """Stage 3: DeepLab-v2 (Chen et al., TPAMI 2017) on pseudo labels or true masks."""
 
@@ -162,6 +208,7 @@ class SegConfig:
     eval_crf: bool = False
     amp: bool = True
     log_interval: PositiveInt = 20
+    contrast: ContrastConfig = field(default_factory=ContrastConfig)
 
 
 @dataclass

@@ -20,9 +20,10 @@ ranks hold the same bank without any broadcast.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from rca.engine.distributed import all_gather_rows
 
 MEMORY_MODES = ("fifo", "ema")
 
@@ -108,8 +109,7 @@ class RegionalMemory(nn.Module):
             raise ValueError(f"memory push expects integer labels, got {labels.dtype}")
         embeddings = F.normalize(embeddings.to(self.bank), dim=1)
         labels = labels.to(device=self.bank.device, dtype=torch.long)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            embeddings, labels = _all_gather_variable(embeddings, labels)
+        embeddings, labels = all_gather_rows(embeddings, labels)
         if labels.numel() == 0:
             return
         if labels.min() < 0 or labels.max() >= self.num_classes:
@@ -146,29 +146,3 @@ class RegionalMemory(nn.Module):
         mask = slots[None, :] < self.filled[:, None]
         classes = torch.arange(self.num_classes, device=self.bank.device)
         return self.bank[mask], classes[:, None].expand(-1, self.size)[mask]
-
-
-def _all_gather_variable(embeddings: torch.Tensor,
-                         labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """All-gather ``(N_r, D)`` embeddings and ``(N_r,)`` labels with a different N_r per rank.
-
-    Sizes are gathered first, every rank pads to the largest N_r, gathers, and trims; the result
-    is the concatenation over ranks in rank order (identical on every rank).
-    """
-    world = dist.get_world_size()
-    n = torch.tensor([labels.numel()], device=labels.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    sizes = [int(s) for s in sizes]
-    n_max = max(sizes)
-    if n_max == 0:
-        return embeddings, labels
-    pad = n_max - labels.numel()
-    embeddings = F.pad(embeddings, (0, 0, 0, pad))
-    labels = F.pad(labels, (0, pad))
-    all_emb = [torch.empty_like(embeddings) for _ in range(world)]
-    all_lab = [torch.empty_like(labels) for _ in range(world)]
-    dist.all_gather(all_emb, embeddings.contiguous())
-    dist.all_gather(all_lab, labels.contiguous())
-    return (torch.cat([e[:s] for e, s in zip(all_emb, sizes)]),
-            torch.cat([lab[:s] for lab, s in zip(all_lab, sizes)]))

@@ -6,11 +6,16 @@ Prints (and with ``--json FILE`` writes) seconds per training iteration of the R
 DeepLab-v2 at the config's batch and crop size, multi-scale CAM inference in images/s, dense-CRF
 pseudo labels in images/s, and peak memory (RSS on the CPU, allocator peak on a GPU). Random
 weights and the config's dataset are used; no outputs of the stages are needed.
+
+``--contrast`` adds the DeepLab-v2 step with cross-entropy alone and with each contrastive loss of
+``rca.losses.CONTRAST_LOSSES`` (``seg.contrast`` settings, memories filled), in the same process,
+and each one's time as a ratio to cross-entropy alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -22,6 +27,8 @@ from rca.data import build_dataset
 from rca.data.transforms import eval_transform
 from rca.engine.logs import peak_memory_mb
 from rca.io import save_json
+from rca.losses import CONTRAST_LOSSES, build_contrast
+from rca.memory import RegionalMemory
 from rca.models.classifier import build_classifier, classifier_args, rca_classification_loss
 from rca.models.deeplab import build_deeplab, deeplab_args
 from rca.pseudo_labels import make_pseudo_label
@@ -37,11 +44,53 @@ def timed(function, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def contrast_step_times(seg, num_classes: int, num_train_images: int, device: torch.device, iters: int) -> dict:
+    """Seconds per DeepLab-v2 training step (forward, backward, SGD) with cross-entropy alone and
+    with each contrastive loss, and the ratio of each to cross-entropy alone.
+
+    Labels are piecewise constant (random classes on a 32-pixel grid), so the samplers see regions
+    as in real masks; every memory is filled before timing (its full-size cost). Contextrast is
+    skipped (``None``) for backbones without stages.
+    """
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(seg.batch_size, 3, seg.crop_size, seg.crop_size, generator=generator).to(device)
+    cells = -(-seg.crop_size // 32)
+    masks = torch.randint(0, num_classes, (seg.batch_size, cells, cells), generator=generator)
+    masks = masks.repeat_interleave(32, 1).repeat_interleave(32, 2)[:, :seg.crop_size, :seg.crop_size].to(device)
+    times = {}
+    for name in ("ce",) + CONTRAST_LOSSES:
+        torch.manual_seed(0)
+        model = build_deeplab(**{**deeplab_args(seg, num_classes), "pretrained": "none"}).to(device)
+        cfg = dataclasses.replace(seg.contrast, losses=[] if name == "ce" else [name], warmup_iters=0)
+        try:
+            contrast = build_contrast(cfg, num_classes, model.backbone, num_train_images).to(device)
+        except NotImplementedError:
+            times[name] = None
+            continue
+        for memory in (m for m in contrast.modules() if isinstance(m, RegionalMemory)):
+            labels = torch.arange(memory.num_classes, device=device).repeat_interleave(memory.size)
+            memory.push(torch.randn(len(labels), memory.dim, device=device), labels)
+        optimizer = torch.optim.SGD([*model.parameters(), *contrast.parameters()], lr=1e-3, momentum=0.9)
+
+        def step():
+            outputs = model(images, return_stages=contrast.needs_stages)
+            loss = segmentation_loss(outputs, masks) + sum(contrast(outputs, masks, 0).values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        times[name] = timed(step, iters)
+    results = {f"seg_s_per_iter_{name}": t for name, t in times.items()}
+    results.update({f"seg_ratio_{name}": t / times["ce"] for name, t in times.items() if t and name != "ce"})
+    return results
+
+
 def main(argv=None) -> int:
     parser = add_config_args(argparse.ArgumentParser(description=__doc__))
     parser.add_argument("--iters", type=int, default=10, help="timed repetitions of each measurement")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    parser.add_argument("--contrast", action="store_true", help="also time the DeepLab step with each contrastive loss")
     args = parser.parse_args(argv)
     config, _ = config_from_args(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -87,6 +136,8 @@ def main(argv=None) -> int:
         optimizer.step()
 
     results["seg_s_per_iter"] = timed(seg_step, args.iters)
+    if args.contrast:
+        results.update(contrast_step_times(seg, dataset.num_classes, len(dataset), device, args.iters))
     results["peak_memory_mb"] = peak_memory_mb(device)
     for key, value in results.items():
         print(f"{key:28} {value:.4g}" if isinstance(value, float) else f"{key:28} {value}")

@@ -67,6 +67,64 @@ def barrier() -> None:
         dist.barrier()
 
 
+def is_distributed() -> bool:
+    """True inside an initialised process group with more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_gather_rows(*tensors: torch.Tensor, keep_local_grad: bool = False) -> tuple[torch.Tensor, ...]:
+    """All-gather tensors with a leading dimension ``N_r`` that may differ between ranks.
+
+    Every tensor of one call has the same ``N_r`` on a rank (e.g. ``(N_r, D)`` embeddings and
+    ``(N_r,)`` labels). Sizes are gathered first, every rank pads to the largest ``N_r``, gathers,
+    and trims; each result is the concatenation over ranks in rank order (identical on every rank).
+    Without a process group (or with one rank) the tensors are returned as they are.
+
+    Args:
+        tensors: ``(N_r, ...)`` tensors on the process group's device.
+        keep_local_grad: put this rank's own tensors (with their autograd history) into the result
+            in place of their gathered copies, so gradients flow to the local rows; the other
+            ranks' rows never carry gradients (``dist.all_gather`` is not differentiable).
+
+    Returns:
+        One ``(sum_r N_r, ...)`` tensor per input.
+    """
+    if not is_distributed():
+        return tensors
+    world, rank = dist.get_world_size(), dist.get_rank()
+    n = torch.tensor([tensors[0].shape[0]], device=tensors[0].device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    n_max = max(sizes)
+    if n_max == 0:
+        return tensors
+    gathered = []
+    for tensor in tensors:
+        padded = torch.cat([tensor.detach(), tensor.new_zeros((n_max - tensor.shape[0],) + tensor.shape[1:])])
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded.contiguous())
+        parts = [part[:size] for part, size in zip(parts, sizes)]
+        if keep_local_grad:
+            parts[rank] = tensor
+        gathered.append(torch.cat(parts))
+    return tuple(gathered)
+
+
+def all_reduce_sum(tensor: torch.Tensor, keep_local_grad: bool = False) -> torch.Tensor:
+    """Sum of ``tensor`` over all ranks (the tensor itself without a process group).
+
+    With ``keep_local_grad`` the result is ``tensor + (sum over the other ranks, detached)``, so
+    gradients flow to this rank's contribution only (``dist.all_reduce`` is not differentiable).
+    The input is never modified.
+    """
+    if not is_distributed():
+        return tensor
+    total = tensor.detach().clone()
+    dist.all_reduce(total)
+    return tensor + (total - tensor.detach()) if keep_local_grad else total
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model inside a ``DistributedDataParallel`` wrapper (or the model itself)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rca.losses.info_nce import info_nce_per_query
+
 
 def _per_query_loss(queries: torch.Tensor, query_labels: torch.Tensor, keys: torch.Tensor,
                     key_labels: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,19 +42,8 @@ def _per_query_loss(queries: torch.Tensor, query_labels: torch.Tensor, keys: tor
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature} (config key cls.temperature)")
     positive = query_labels[:, None] == key_labels[None, :]  # (N, K)
-    valid = positive.any(1) & ~positive.all(1)
-    losses = queries.new_zeros(queries.shape[0], dtype=torch.float32)
-    if not bool(valid.any()):
-        return losses + queries.sum() * 0.0, valid  # zeros that keep the autograd graph
-    positive = positive[valid]
-    q = F.normalize(queries[valid].float(), dim=1)
-    k = F.normalize(keys.float(), dim=1)
-    logits = q @ k.t() / temperature  # (N', K)
-    # log sum_{k-} exp(q.k-/t) per query; finite because every kept query has a negative
-    negative_lse = logits.masked_fill(positive, float("-inf")).logsumexp(1, keepdim=True)
-    # -log(e^l / (e^l + e^lse)) = log(1 + e^(lse - l)) = softplus(lse - l), stable for any l
-    terms = F.softplus(negative_lse - logits)
-    return losses.masked_scatter(valid, (terms * positive).sum(1) / positive.sum(1)), valid
+    return info_nce_per_query(F.normalize(queries, dim=1), F.normalize(keys, dim=1), positive, ~positive,
+                              temperature)
 
 
 def semantic_contrast_loss(queries: torch.Tensor, query_labels: torch.Tensor, keys: torch.Tensor,

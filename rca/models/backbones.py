@@ -4,6 +4,11 @@
 to the last feature map ``(B, out_channels, ceil(H / output_stride), ceil(W / output_stride))``,
 with attributes ``out_channels`` and ``output_stride``.
 
+Backbones that expose their intermediate stages (the ResNets here; EfficientNet-Lite) also have
+``stage_channels`` and ``stage_strides`` (4-tuples, shallow to deep) and ``forward_stages(x)``, which
+returns the 4 stage maps, the last one equal to ``forward(x)``; multi-layer losses such as
+Contextrast (:mod:`rca.losses.contextrast`) read them. VGG-16 and ResNet-38 do not expose stages.
+
 Size rule: every stride-2 layer of every backbone maps a side ``n`` to ``ceil(n / 2)`` (3x3
 conv/pool with padding 1, 7x7 conv with padding 3, 1x1 conv without padding, 2x2 pool with
 ``ceil_mode``), and ``ceil(ceil(n / a) / b) == ceil(n / (a * b))``; stride-1 layers keep the size.
@@ -48,6 +53,15 @@ class ResNet(nn.Module):
 
     Forward: ``(B, 3, H, W)`` -> ``(B, out_channels, ceil(H/os), ceil(W/os))``.
 
+    Stages (``forward_stages``): the outputs of ``layer1`` ... ``layer4``, with
+
+    ============  =====================  =====================================================
+    backbone      ``stage_channels``     ``stage_strides`` at output stride 32 / 16 / 8
+    ============  =====================  =====================================================
+    resnet18      64, 128, 256, 512      (4, 8, 16, 32) / (4, 8, 16, 16) / (4, 8, 8, 8)
+    resnet50/101  256, 512, 1024, 2048   same
+    ============  =====================  =====================================================
+
     Args:
         net: a torchvision ``ResNet`` already dilated to ``output_stride``.
         output_stride: 8, 16 or 32 (recorded as an attribute).
@@ -59,10 +73,22 @@ class ResNet(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.out_channels: int = net.fc.in_features
         self.output_stride = output_stride
+        last = net.fc.in_features
+        self.stage_channels: tuple[int, int, int, int] = (last // 8, last // 4, last // 2, last)
+        self.stage_strides: tuple[int, int, int, int] = (4, 8, min(16, output_stride), output_stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_stages(x)[-1]
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(B, 3, H, W)`` -> the 4 maps ``(B, stage_channels[i], ceil(H/s_i), ceil(W/s_i))`` of
+        ``layer1`` ... ``layer4`` with ``s_i = stage_strides[i]``; the last is ``forward(x)``."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        stages = []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            stages.append(x)
+        return stages
 
 
 class VGG16(nn.Module):

@@ -61,10 +61,19 @@ class DeepLabV2(nn.Module):
         num_classes: number of output classes (background included when the dataset has one).
         atrous_rates: ASPP dilation rates.
 
-    Forward: ``images`` ``(B, 3, H, W)`` float, ImageNet-normalised -> dict with
+    Forward: ``images`` ``(B, 3, H, W)`` float, ImageNet-normalised, and ``return_stages`` (default
+    False) -> dict with
         ``"logits"``: ``(B, num_classes, h, w)`` unnormalised class scores at feature resolution;
         ``"features"``: ``(B, backbone.out_channels, h, w)`` backbone features (input of
-        contrastive losses and projection heads).
+        contrastive losses and projection heads);
+        only with ``return_stages=True``, ``"stages"``: the backbone's 4 stage maps, shallow to
+        deep (``backbone.forward_stages``, the last is ``"features"``), for multi-layer losses.
+        Projection heads live with the losses (:func:`rca.losses.build_contrast`), not here, so
+        inference and exported checkpoints carry none of them.
+
+    Raises:
+        NotImplementedError: ``return_stages=True`` with a backbone that does not expose its stages
+            (VGG-16, ResNet-38).
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, atrous_rates: Sequence[int] = (6, 12, 18, 24)) -> None:
@@ -72,9 +81,17 @@ class DeepLabV2(nn.Module):
         self.backbone = backbone
         self.aspp = ASPP(backbone.out_channels, num_classes, atrous_rates)
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.backbone(images)
-        return {"logits": self.aspp(features), "features": features}
+    def forward(self, images: torch.Tensor, return_stages: bool = False) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        if not return_stages:
+            features = self.backbone(images)
+            return {"logits": self.aspp(features), "features": features}
+        if not hasattr(self.backbone, "forward_stages"):
+            raise NotImplementedError(
+                f"backbone {type(self.backbone).__name__} does not expose its stages; multi-layer losses "
+                f"(Contextrast) need resnet18/50/101 or efficientnet_lite0/2 (config key seg.backbone)"
+            )
+        stages = self.backbone.forward_stages(images)
+        return {"logits": self.aspp(stages[-1]), "features": stages[-1], "stages": stages}
 
 
 class MSC(nn.Module):
@@ -93,6 +110,8 @@ class MSC(nn.Module):
     Forward: ``images`` ``(B, 3, H, W)`` -> dict with
         ``"logits"``: ``(B, C, h, w)`` max-fused logits at the scale-1 logit size ``(h, w)``;
         ``"features"``: scale-1 backbone features ``(B, C_backbone, h, w)``;
+        with ``return_stages=True``, ``"stages"``: the scale-1 backbone stages (see
+        :class:`DeepLabV2`);
         training mode only, ``"logits_scales"``: list of the logits at scale 1 then at each
         of ``scales``, each at its own resolution ``ceil(floor(s * H) / output_stride)``.
 
@@ -112,8 +131,8 @@ class MSC(nn.Module):
         """The wrapped model's backbone (every model exposes ``backbone``, see ``backbones``)."""
         return self.base.backbone
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-        out = self.base(images)
+    def forward(self, images: torch.Tensor, return_stages: bool = False) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        out = self.base(images, return_stages)
         logits = [out["logits"]]
         for scale in self.scales:
             scaled = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
@@ -121,6 +140,8 @@ class MSC(nn.Module):
         size = logits[0].shape[-2:]
         resized = [logits[0]] + [F.interpolate(x, size, mode="bilinear", align_corners=False) for x in logits[1:]]
         result = {"logits": torch.stack(resized).amax(dim=0), "features": out["features"]}
+        if return_stages:
+            result["stages"] = out["stages"]
         if self.training:
             result["logits_scales"] = logits
         return result
