@@ -42,21 +42,22 @@ def iou_bars(series: Mapping[str, Mapping[str, float]], path: str | os.PathLike,
         raise ValueError("iou_bars: no series to draw")
     classes = list(dict.fromkeys(name for scores in series.values() for name in scores))
     height = 0.8 / len(series)
-    figure = Figure(figsize=(7, 1.2 + 0.22 * len(classes) * len(series)), layout="constrained")
+    figure = Figure(figsize=(7, 1.4 + (0.1 + 0.2 * len(series)) * len(classes)), layout="constrained")
     axes = figure.add_subplot()
     for k, (label, scores) in enumerate(series.items()):
         values = [scores.get(name, math.nan) for name in classes]
         values = [math.nan if value is None else value for value in values]
         positions = [i + (k - (len(series) - 1) / 2) * height for i in range(len(classes))]
         bars = axes.barh(positions, values, height=height, label=label)
-        axes.bar_label(bars, fmt="%.1f", padding=2, fontsize=7)
+        if len(classes) <= 40:  # numbers on the bars while they stay readable
+            axes.bar_label(bars, fmt="%.1f", padding=2, fontsize=7)
     axes.set_yticks(range(len(classes)), classes)
     axes.invert_yaxis()  # first class on top
     axes.set_xlim(0, 110)
     axes.set_xlabel("IoU (%)")
     axes.set_title(title)
     axes.grid(axis="x", alpha=0.3)
-    axes.legend(loc="lower right", fontsize=8)
+    figure.legend(loc="outside lower center", ncols=min(4, len(series)), fontsize=8)  # clear of the bars
     _save(figure, path)
 
 

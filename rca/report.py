@@ -168,6 +168,7 @@ class Section:
     images: list[tuple[str, str]] = field(default_factory=list)  # (path relative to the work dir, caption)
     code: str = ""
     links: list[tuple[str, str]] = field(default_factory=list)  # (relative path, text)
+    stretch: bool = False  # images drawn at the page width (small panels), not at their own size
 
 
 def _missing(run: Run, *files: str) -> str:
@@ -268,14 +269,14 @@ def _panels_section(run: Run, limit: int) -> Section:
     images = _pictures(run, "vis", limit)
     if not images:
         return Section(note="no panels in vis/: run gen_labels with --vis N")
-    return Section(note="image | CAM per tagged class | pseudo label | ground truth", images=images)
+    return Section(note="image | CAM per tagged class | pseudo label | ground truth", images=images, stretch=True)
 
 
 def _predictions_section(run: Run, limit: int) -> Section:
     images = _pictures(run, "seg/vis", limit)
     if images:
         return Section(note="image | prediction over the image | prediction | ground truth",
-                       images=images)
+                       images=images, stretch=True)
     images = _pictures(run, "seg/predictions", limit)
     if images:
         return Section(note="predicted label maps (seg/predictions/; no overlay panels "
@@ -340,7 +341,7 @@ def render_markdown(title: str, sections: list[Section]) -> str:
 
 _CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}td.v{text-align:right}"
-        "figure{margin:0.5em 0}img{max-width:100%;image-rendering:pixelated}figcaption{font-size:0.85em;color:#555}"
+        "figure{margin:0.5em 0}img{max-width:100%}img.stretch{width:100%;image-rendering:pixelated}figcaption{font-size:0.85em;color:#555}"
         ".note{color:#666;font-style:italic}pre{background:#f5f5f5;padding:0.8em;overflow-x:auto}")
 
 
@@ -358,7 +359,8 @@ def render_html(title: str, sections: list[Section]) -> str:
             parts += [f"<tr><td>{esc(name)}</td><td class=\"v\">{esc(value)}</td><td>{esc(note)}</td></tr>"
                       for name, value, note in section.table]
             parts.append("</table>")
-        parts += [f"<figure><img src=\"{esc(quote(path))}\" alt=\"{esc(caption)}\">"
+        style = " class=\"stretch\"" if section.stretch else ""
+        parts += [f"<figure><img src=\"{esc(quote(path))}\"{style} alt=\"{esc(caption)}\">"
                   f"<figcaption>{esc(caption)}</figcaption></figure>" for path, caption in section.images]
         if section.links:
             parts.append("<ul>" + "".join(f"<li><a href=\"{esc(quote(path))}\">{esc(text)}</a></li>"
