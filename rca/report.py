@@ -97,17 +97,21 @@ class Run:
     notes: dict = field(default_factory=dict)  # file name -> why it was not read
 
 
-def _read_json(path: Path, notes: dict) -> dict:
-    """The JSON object in ``path``; ``{}`` (and a note) when it is missing or unreadable."""
+def _read_json(work_dir: Path, name: str, notes: dict) -> dict:
+    """The JSON object in ``work_dir / name``; ``{}`` and ``notes[name]`` when it is missing or unreadable."""
+    path = work_dir / name
     if not path.is_file():
-        notes[path.name if path.parent.name == "" else f"{path.parent.name}/{path.name}"] = "not found"
+        notes[name] = "not found"
         return {}
     try:
         value = json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        notes[f"{path.parent.name}/{path.name}"] = f"unreadable ({error})"
+        notes[name] = f"unreadable ({error})"
         return {}
-    return value if isinstance(value, dict) else {}
+    if not isinstance(value, dict):
+        notes[name] = f"unreadable (a JSON {type(value).__name__}, not an object)"
+        return {}
+    return value
 
 
 def read_run(work_dir: str | os.PathLike) -> Run:
@@ -120,11 +124,11 @@ def read_run(work_dir: str | os.PathLike) -> Run:
     if not work_dir.is_dir():
         raise FileNotFoundError(f"{work_dir} is not a folder: give the work dir of a run, e.g. runs/demo")
     run = Run(work_dir)
-    run.cls = _read_json(work_dir / "cls" / "metrics.json", run.notes)
-    run.labels = canonical_labels(_read_json(work_dir / "labels" / "metrics.json", run.notes))
-    run.seg = _read_json(work_dir / "seg" / "metrics.json", run.notes)
-    if (work_dir / "seg" / "eval_metrics.json").is_file():
-        run.seg_eval = _read_json(work_dir / "seg" / "eval_metrics.json", run.notes)
+    run.cls = _read_json(work_dir, "cls/metrics.json", run.notes)
+    run.labels = canonical_labels(_read_json(work_dir, "labels/metrics.json", run.notes))
+    run.seg = _read_json(work_dir, "seg/metrics.json", run.notes)
+    if (work_dir / "seg" / "eval_metrics.json").is_file():  # written by --eval-only only
+        run.seg_eval = _read_json(work_dir, "seg/eval_metrics.json", run.notes)
     return run
 
 
@@ -133,16 +137,17 @@ def summary_rows(run: Run) -> list[tuple[str, float | None, str]]:
     cls, labels, seg, seg_eval = run.cls, run.labels, run.seg, run.seg_eval
     seed, seed_crf, pseudo = labels["seed"], labels["seed_crf"], labels["pseudo_label"]
     split = f"split {labels['split']}" if labels["split"] else ""
-    threshold = f"threshold {seed['threshold']:.2f}, " if seed["threshold"] is not None else ""
+    threshold = f"threshold {seed['threshold']:.2f}" if seed["threshold"] is not None else ""
     best = max(labels["curve"].items(), key=lambda kv: -math.inf if kv[1] is None or math.isnan(kv[1]) else kv[1],
                default=None)
     rows = [
         ("classifier val tag mAP", cls.get("best_val_map"),
          f"{cls.get('method')}, {cls.get('epochs_done')}/{cls.get('epochs')} epochs" if cls else ""),
-        ("seed mIoU", seed["miou"], threshold + split),
+        ("seed mIoU", seed["miou"], ", ".join(filter(None, [threshold, split]))),
     ]
     if best is not None and best[0] != seed["threshold"]:
-        rows.append(("seed mIoU, best threshold (oracle)", best[1], f"threshold {best[0]:.2f}, {split}"))
+        oracle_note = ", ".join(filter(None, [f"threshold {best[0]:.2f}", split]))
+        rows.append(("seed mIoU, best threshold (oracle)", best[1], oracle_note))
     rows += [
         ("seed + CRF mIoU", seed_crf.get("miou"), ""),
         ("pseudo-label mIoU (strict)", pseudo.get("strict_miou"), ""),
@@ -341,7 +346,8 @@ def render_markdown(title: str, sections: list[Section]) -> str:
 
 _CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}td.v{text-align:right}"
-        "figure{margin:0.5em 0}img{max-width:100%}img.stretch{width:100%;image-rendering:pixelated}figcaption{font-size:0.85em;color:#555}"
+        "figure{margin:0.5em 0}img{max-width:100%}img.stretch{width:100%;image-rendering:pixelated}"
+        "figcaption{font-size:0.85em;color:#555}"
         ".note{color:#666;font-style:italic}pre{background:#f5f5f5;padding:0.8em;overflow-x:auto}")
 
 

@@ -127,7 +127,9 @@ def label_overlay(image: np.ndarray, label: np.ndarray, palette: np.ndarray, alp
     return np.where((label == 255)[..., None], image, blended)
 
 
-def prediction_panel(image: np.ndarray, prediction: np.ndarray, gt: np.ndarray | None, palette: np.ndarray) -> np.ndarray:
+def prediction_panel(
+    image: np.ndarray, prediction: np.ndarray, gt: np.ndarray | None, palette: np.ndarray
+) -> np.ndarray:
     """One row of captioned tiles: image | prediction over the image | prediction | ground truth.
 
     Args:

@@ -14,7 +14,8 @@ from rca.report import write_report
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("work_dir", help="the work dir of a run, e.g. runs/demo")
-    parser.add_argument("--max-panels", type=int, default=8, help="sample panels and predictions shown, each (default 8)")
+    parser.add_argument("--max-panels", type=int, default=8,
+                        help="sample panels and predictions shown, each (default 8)")
     args = parser.parse_args(argv)
     try:
         paths = write_report(args.work_dir, args.max_panels)
