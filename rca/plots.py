@@ -67,13 +67,13 @@ def seed_curve(
     threshold: float | None = None,
     crf_miou: float | None = None,
 ) -> None:
-    """Seed mIoU against the constant background threshold (the sweep of ``gen_labels``).
+    """CAM seed mIoU against the constant background threshold (the oracle sweep of ``gen_labels``).
 
     Args:
-        curve: ``{background threshold in [0, 1]: seed mIoU in percent}``.
+        curve: ``{background threshold in [0, 1]: CAM seed mIoU in percent}``.
         path: output PNG.
-        threshold: the threshold the reported seed used, marked with a vertical line.
-        crf_miou: seed + CRF mIoU at ``threshold``, marked with a point.
+        threshold: the threshold of the reported CAM seed (``labels.bg_threshold``), a vertical line.
+        crf_miou: CAM seed + CRF mIoU at ``threshold``, marked with a star.
 
     Raises:
         ValueError: if ``curve`` is empty.
@@ -83,17 +83,17 @@ def seed_curve(
     points = sorted((float(t), float(v)) for t, v in curve.items())
     figure = Figure(figsize=(6, 3.5), layout="constrained")
     axes = figure.add_subplot()
-    axes.plot([t for t, _ in points], [v for _, v in points], marker="o", label="seed")
+    axes.plot([t for t, _ in points], [v for _, v in points], marker="o", label="CAM seed")
     best_t, best_v = max(points, key=lambda p: -math.inf if math.isnan(p[1]) else p[1])
-    axes.annotate(f"best {best_v:.1f} at {best_t:.2f}", (best_t, best_v), textcoords="offset points",
+    axes.annotate(f"oracle best {best_v:.1f} at {best_t:.2f}", (best_t, best_v), textcoords="offset points",
                   xytext=(0, 8), ha="center", fontsize=8)
     if threshold is not None:
-        axes.axvline(threshold, color="grey", linestyle="--", linewidth=1, label=f"threshold {threshold:.2f}")
+        axes.axvline(threshold, color="grey", linestyle="--", linewidth=1, label=f"used threshold {threshold:.2f}")
         if crf_miou is not None:
-            axes.plot([threshold], [crf_miou], marker="*", markersize=12, linestyle="none", label="seed + CRF")
+            axes.plot([threshold], [crf_miou], marker="*", markersize=12, linestyle="none", label="CAM seed + CRF")
     axes.set_xlabel("background threshold")
     axes.set_ylabel("mIoU (%)")
-    axes.set_title("seed mIoU by background threshold")
+    axes.set_title("CAM seed mIoU by background threshold")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     _save(figure, path)

@@ -3,9 +3,10 @@
 ``write_report(DIR)`` writes ``DIR/report.html`` and ``DIR/report.md`` (atomically) and their charts
 in ``DIR/report/``:
 
-1. the summary table (tag mAP, seed, seed + CRF, pseudo-label and segmentation mIoU);
-2. per-class IoU bars of the seed, seed + CRF, pseudo label and segmentation;
-3. the seed mIoU over background thresholds;
+1. the summary table (tag mAP, CAM seed, CAM seed + CRF, pseudo-label and segmentation mIoU, and
+   the oracle best CAM seed when its threshold differs from the one used);
+2. per-class IoU bars of the CAM seed, CAM seed + CRF, pseudo label and segmentation;
+3. the CAM seed mIoU over background thresholds (the oracle sweep);
 4. the training curves (loss terms from TensorBoard, else from the ``metrics.json`` histories, and
    the validation scores);
 5. the sample panels of ``gen_labels --vis`` (``DIR/vis/``) and the segmentation predictions
@@ -14,8 +15,9 @@ in ``DIR/report/``:
 6. the logs and the config each stage ran with.
 
 A missing or unreadable part (a stage not run yet, a split without masks) leaves a note in its
-section instead of stopping the report. Paths in the report are relative to ``DIR``, so the folder
-can be moved or archived whole.
+section instead of stopping the report; both formats of ``labels/metrics.json`` are read (see
+:func:`canonical_labels`). Paths in the report are relative to ``DIR``, so the folder can be moved
+or archived whole.
 """
 
 from __future__ import annotations
@@ -38,16 +40,19 @@ LOGS = ("cls/train.log", "labels/gen_labels.log", "seg/train.log")
 
 log = logging.getLogger(__name__)
 
-# Where each field of labels/metrics.json has been stored, newest name first: the CAM seed label
-# was renamed (``cam_seed`` / ``seed_label``) and its threshold sweep became an "oracle" curve.
+# Where each field of labels/metrics.json is stored, newest format first. Older gen_labels wrote the
+# seed at the best threshold of its sweep ("seed": {curve, best_threshold, miou}); newer ones write
+# the CAM seed at labels.bg_threshold ("cam_seed") and the sweep apart as an oracle ("oracle_sweep").
 _LABEL_KEYS = {
-    "split": [("score_split",), ("split",)],
-    "seed": [("cam_seed",), ("seed_label",), ("seed",)],
-    "seed_crf": [("cam_seed_crf",), ("seed_label_crf",), ("seed_crf",)],
-}
-_SEED_KEYS = {
-    "threshold": [("threshold",), ("bg_threshold",), ("best_threshold",)],
-    "curve": [("oracle", "curve"), ("oracle_curve",), ("curve",)],
+    "label_split": [("label_split",), ("split",)],
+    "score_split": [("score_split",), ("split",)],
+    "num_scored": [("num_scored",), ("num_images",)],
+    "seed": [("cam_seed",), ("seed",)],
+    "seed_crf": [("cam_seed_crf",), ("seed_crf",)],
+    "threshold": [("cam_seed", "threshold"), ("seed", "best_threshold")],
+    "curve": [("oracle_sweep", "curve"), ("seed", "curve")],
+    "oracle_threshold": [("oracle_sweep", "best_threshold"), ("seed", "best_threshold")],
+    "oracle_miou": [("oracle_sweep", "best_miou"), ("seed", "miou")],
 }
 
 
@@ -63,26 +68,23 @@ def _lookup(mapping: dict, paths: list[tuple[str, ...]]):
 
 
 def canonical_labels(raw: dict) -> dict:
-    """``labels/metrics.json`` in one shape, whichever key names the ``gen_labels`` that wrote it used.
+    """``labels/metrics.json`` in one shape, whichever format the ``gen_labels`` that wrote it used.
 
     Returns:
-        ``{"split", "num_images", "protocol", "seed": {"miou", "threshold", "iou_by_class"},
-        "curve": {threshold: mIoU}, "seed_crf": {...}, "pseudo_label": {...}}``; missing parts are
-        None (``curve`` and the blocks: empty dicts). Thresholds are floats, scores percent.
+        ``{"label_split", "score_split", "num_scored", "seed": {"miou", "iou_by_class", ...},
+        "threshold", "seed_crf": {...}, "pseudo_label": {...}, "curve": {threshold: mIoU},
+        "oracle_threshold", "oracle_miou"}``: scores in percent, thresholds as floats; an absent
+        field is None (the blocks and ``curve``: empty dicts). ``threshold`` is None for the argmax
+        seed of datasets without a background class.
     """
-    seed = _lookup(raw, _LABEL_KEYS["seed"]) or {}
-    curve = _lookup(seed, _SEED_KEYS["curve"]) or _lookup(raw, _SEED_KEYS["curve"]) or {}
-    threshold = _lookup(seed, _SEED_KEYS["threshold"])
-    return {
-        "split": _lookup(raw, _LABEL_KEYS["split"]),
-        "num_images": raw.get("num_images"),
-        "protocol": raw.get("protocol") or {},
-        "seed": {"miou": seed.get("miou"), "threshold": None if threshold is None else float(threshold),
-                 "iou_by_class": seed.get("iou_by_class") or {}},
-        "curve": {float(t): v for t, v in curve.items()} if isinstance(curve, dict) else {},
-        "seed_crf": _lookup(raw, _LABEL_KEYS["seed_crf"]) or {},
-        "pseudo_label": raw.get("pseudo_label") or {},
-    }
+    found = {name: _lookup(raw, paths) for name, paths in _LABEL_KEYS.items()}
+    for name in ("seed", "seed_crf", "curve"):
+        found[name] = found[name] if isinstance(found[name], dict) else {}
+    found["pseudo_label"] = raw.get("pseudo_label") or {}
+    found["curve"] = {float(t): v for t, v in found["curve"].items()}
+    for name in ("threshold", "oracle_threshold"):
+        found[name] = None if found[name] is None else float(found[name])
+    return found
 
 
 @dataclass
@@ -136,20 +138,13 @@ def summary_rows(run: Run) -> list[tuple[str, float | None, str]]:
     """``(name, value in percent or None, note)`` rows of the pipeline's headline numbers."""
     cls, labels, seg, seg_eval = run.cls, run.labels, run.seg, run.seg_eval
     seed, seed_crf, pseudo = labels["seed"], labels["seed_crf"], labels["pseudo_label"]
-    split = f"split {labels['split']}" if labels["split"] else ""
-    threshold = f"threshold {seed['threshold']:.2f}" if seed["threshold"] is not None else ""
-    best = max(labels["curve"].items(), key=lambda kv: -math.inf if kv[1] is None or math.isnan(kv[1]) else kv[1],
-               default=None)
+    at = "argmax" if labels["threshold"] is None else f"threshold {labels['threshold']:.2f}"
+    scored = f"labels for {labels['label_split']}, scored on {labels['score_split']}"
     rows = [
         ("classifier val tag mAP", cls.get("best_val_map"),
          f"{cls.get('method')}, {cls.get('epochs_done')}/{cls.get('epochs')} epochs" if cls else ""),
-        ("seed mIoU", seed["miou"], ", ".join(filter(None, [threshold, split]))),
-    ]
-    if best is not None and best[0] != seed["threshold"]:
-        oracle_note = ", ".join(filter(None, [f"threshold {best[0]:.2f}", split]))
-        rows.append(("seed mIoU, best threshold (oracle)", best[1], oracle_note))
-    rows += [
-        ("seed + CRF mIoU", seed_crf.get("miou"), ""),
+        ("CAM seed mIoU", seed.get("miou"), f"{at}, {scored}" if seed else ""),
+        ("CAM seed + CRF mIoU", seed_crf.get("miou"), at if seed_crf else ""),
         ("pseudo-label mIoU (strict)", pseudo.get("strict_miou"), ""),
         ("pseudo-label mIoU (lenient)", pseudo.get("lenient_miou"),
          f"{pseudo['labelled_fraction']:.1f}% labelled" if pseudo.get("labelled_fraction") is not None else ""),
@@ -160,6 +155,9 @@ def summary_rows(run: Run) -> list[tuple[str, float | None, str]]:
     if seg_eval:
         rows.append(("segmentation eval mIoU", seg_eval.get("miou"),
                      "train_seg --eval-only, protocol " + json.dumps(seg_eval.get("protocol", {}))))
+    if labels["oracle_threshold"] is not None and labels["oracle_threshold"] != labels["threshold"]:
+        rows.append(("oracle: best CAM seed mIoU", labels["oracle_miou"],
+                     f"threshold {labels['oracle_threshold']:.2f} picked on the scored masks (upper bound)"))
     return rows
 
 
@@ -188,10 +186,10 @@ def _summary_section(run: Run, limit: int) -> Section:
 
 
 def _iou_section(run: Run, limit: int) -> Section:
-    split = f" ({run.labels['split']})" if run.labels["split"] else ""
+    split = f" ({run.labels['score_split']})" if run.labels["score_split"] else ""
     series = {
-        f"seed{split}": run.labels["seed"]["iou_by_class"],
-        "seed + CRF": run.labels["seed_crf"].get("iou_by_class") or {},
+        f"CAM seed{split}": run.labels["seed"].get("iou_by_class") or {},
+        "CAM seed + CRF": run.labels["seed_crf"].get("iou_by_class") or {},
         "pseudo label (lenient)": run.labels["pseudo_label"].get("iou_by_class") or {},
         "segmentation (val)": run.seg_eval.get("iou_by_name") or run.seg.get("iou_by_class") or {},
     }
@@ -207,11 +205,12 @@ def _seed_curve_section(run: Run, limit: int) -> Section:
     curve = run.labels["curve"]
     if not curve:
         return Section(note=_missing(run, "labels/metrics.json")
-                       or "no threshold sweep in labels/metrics.json (datasets without a background class have none)")
-    plots.seed_curve(curve, run.work_dir / FIGURE_DIR / "seed_curve.png", run.labels["seed"]["threshold"],
+                       or "no threshold sweep in labels/metrics.json (none without a background class)")
+    plots.seed_curve(curve, run.work_dir / FIGURE_DIR / "seed_curve.png", run.labels["threshold"],
                      run.labels["seed_crf"].get("miou"))
-    return Section(images=[(f"{FIGURE_DIR}/seed_curve.png",
-                                                    "seed mIoU (%) by constant background threshold")])
+    caption = ("CAM seed mIoU (%) by constant background threshold; the best point is an oracle "
+               "(picked on the scored masks)")
+    return Section(images=[(f"{FIGURE_DIR}/seed_curve.png", caption)])
 
 
 def _tb_scalars(log_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
@@ -307,7 +306,7 @@ def _files_section(run: Run, limit: int) -> Section:
 def build_sections(run: Run, max_panels: int = 8) -> list[Section]:
     """The report's sections in order; a section whose inputs cannot be drawn gets a note instead."""
     builders = {
-        "Summary": _summary_section, "IoU by class": _iou_section, "Seed threshold curve": _seed_curve_section,
+        "Summary": _summary_section, "IoU by class": _iou_section, "CAM seed threshold curve": _seed_curve_section,
         "Training curves": _training_section, "Sample panels": _panels_section,
         "Segmentation predictions": _predictions_section, "Logs and config": _files_section,
     }

@@ -123,17 +123,17 @@ def test_report_shows_the_numbers_and_every_picture_it_references_exists(work_di
     # the summary table holds the numbers of the metrics files, rounded to 2 decimals
     rows = dict(zip(page.cells[0::3], page.cells[1::3]))
     assert rows["classifier val tag mAP"] == "87.55"
-    assert rows["seed mIoU"] == "52.25"
-    assert rows["seed + CRF mIoU"] == "55.12"  # 55.125 is exact in binary: rounded half to even
+    assert rows["CAM seed mIoU"] == "52.25"
+    assert rows["CAM seed + CRF mIoU"] == "55.12"  # 55.125 is exact in binary: rounded half to even
     assert rows["pseudo-label mIoU (strict)"] == "54.00"
     assert rows["pseudo-label mIoU (lenient)"] == "58.50"
     assert rows["segmentation val mIoU"] == "61.06"
-    assert "seed mIoU, best threshold (oracle)" not in rows  # the seed was reported at the best threshold
-    assert "threshold 0.25, split train" in page.cells
+    assert "oracle: best CAM seed mIoU" not in rows  # this format reported the seed at the best threshold
+    assert "threshold 0.25, labels for train, scored on train" in page.cells
     assert "91.2% labelled" in page.cells
     # the Markdown report holds the same table and pictures
     markdown = md_path.read_text()
-    assert "| seed mIoU | 52.25 | threshold 0.25, split train |" in markdown
+    assert "| CAM seed mIoU | 52.25 | threshold 0.25, labels for train, scored on train |" in markdown
     assert "![training curves](report/training.png)" in markdown and "(vis/img%201.png)" in markdown
     assert not list(work_dir.glob(".*.tmp")) and not list((work_dir / "report").glob(".*.tmp"))
 
@@ -155,7 +155,7 @@ def test_a_missing_stage_leaves_a_note_not_a_crash(work_dir, removed):
     notes = " ".join(page.notes)
     rows = dict(zip(page.cells[0::3], page.cells[1::3]))
     if removed in ("labels", "all"):
-        assert "labels/metrics.json: not found" in notes and rows["seed mIoU"] == "n/a"
+        assert "labels/metrics.json: not found" in notes and rows["CAM seed mIoU"] == "n/a"
         assert "report/seed_curve.png" not in page.images
     if removed in ("seg", "all"):
         assert "seg/metrics.json: not found" in notes and rows["segmentation val mIoU"] == "n/a"
@@ -178,27 +178,45 @@ def test_unreadable_metrics_and_unexpected_values_give_notes(work_dir):
     assert "report/training.png" in page.images  # the other sections are still drawn
 
 
-def test_renamed_seed_keys_read_the_same():
-    renamed = {k: v for k, v in LABELS.items() if k not in ("seed", "seed_crf", "split")}
-    renamed["score_split"] = "train"
-    renamed["cam_seed"] = {"threshold": 0.3, "miou": 48.0, "iou_by_class": {"disc": 1.0},
-                           "oracle": {"curve": LABELS["seed"]["curve"], "best_threshold": 0.25, "miou": 52.25}}
-    renamed["cam_seed_crf"] = LABELS["seed_crf"]
-    old, new = canonical_labels(LABELS), canonical_labels(renamed)
+CAM_SEED_LABELS = {  # the newer format: CAM seed at labels.bg_threshold, the sweep apart as an oracle
+    "label_split": "train_aug", "score_split": "train", "num_labelled": 6, "num_scored": 4,
+    "protocol": LABELS["protocol"],
+    "cam_seed": {"threshold": 0.3, "miou": 48.0, "iou_by_class": {"background": 66.0, "disc": 44.0, "square": 34.0}},
+    "cam_seed_crf": {"threshold": 0.3, "crf": "psa", "miou": 50.5, "iou_by_class": LABELS["seed_crf"]["iou_by_class"]},
+    "pseudo_label": LABELS["pseudo_label"],
+    "oracle_sweep": {"note": "oracle", "curve": LABELS["seed"]["curve"], "best_threshold": 0.25, "best_miou": 52.25},
+}
+
+
+def test_both_formats_of_the_labels_metrics_read_alike():
+    old, new = canonical_labels(LABELS), canonical_labels(CAM_SEED_LABELS)
     assert old["curve"] == new["curve"] == {0.2: 40.0, 0.25: 52.25, 0.3: 48.0}
-    assert old["seed_crf"] == new["seed_crf"] and old["split"] == new["split"] == "train"
-    assert (old["seed"]["threshold"], old["seed"]["miou"]) == (0.25, 52.25)
-    assert (new["seed"]["threshold"], new["seed"]["miou"]) == (0.3, 48.0)
-    assert canonical_labels({**renamed, "cam_seed": None, "seed_label": renamed["cam_seed"]}) == new
-    assert canonical_labels({})["seed"] == {"miou": None, "threshold": None, "iou_by_class": {}}
+    for labels in (old, new):
+        assert (labels["oracle_threshold"], labels["oracle_miou"]) == (0.25, 52.25)
+    fields = ("threshold", "label_split", "score_split")
+    assert [old[k] for k in fields] == [0.25, "train", "train"] and old["seed"]["miou"] == 52.25
+    assert [new[k] for k in fields] == [0.3, "train_aug", "train"] and new["seed"]["miou"] == 48.0
+    assert old["seed_crf"]["miou"] == 55.125 and new["seed_crf"]["miou"] == 50.5
+    assert (old["num_scored"], new["num_scored"]) == (4, 4)
+    empty = canonical_labels({})
+    assert empty["seed"] == empty["curve"] == {} and empty["threshold"] is None
 
 
-def test_seed_off_the_best_threshold_adds_the_oracle_row(work_dir):
-    labels = {**LABELS, "seed": {**LABELS["seed"], "best_threshold": 0.3, "miou": 48.0}}
-    save_json(work_dir / "labels" / "metrics.json", labels)
+def test_cam_seed_format_shows_the_oracle_apart(work_dir):
+    save_json(work_dir / "labels" / "metrics.json", CAM_SEED_LABELS)
     rows = {name: (value, note) for name, value, note in summary_rows(read_run(work_dir))}
-    assert rows["seed mIoU"] == (48.0, "threshold 0.30, split train")
-    assert rows["seed mIoU, best threshold (oracle)"] == (52.25, "threshold 0.25, split train")
+    assert rows["CAM seed mIoU"] == (48.0, "threshold 0.30, labels for train_aug, scored on train")
+    assert rows["CAM seed + CRF mIoU"] == (50.5, "threshold 0.30")
+    assert rows["oracle: best CAM seed mIoU"] == (52.25, "threshold 0.25 picked on the scored masks (upper bound)")
+    page = parse(write_report(work_dir)[0])
+    assert "report/seed_curve.png" in page.images
+    argmax = {k: v for k, v in CAM_SEED_LABELS.items() if k != "oracle_sweep"}  # no background class
+    argmax["cam_seed"] = {**argmax["cam_seed"], "threshold": None}
+    save_json(work_dir / "labels" / "metrics.json", argmax)
+    rows = {name: (value, note) for name, value, note in summary_rows(read_run(work_dir))}
+    assert rows["CAM seed mIoU"] == (48.0, "argmax, labels for train_aug, scored on train")
+    assert "oracle: best CAM seed mIoU" not in rows
+    assert "no threshold sweep" in " ".join(parse(write_report(work_dir)[0]).notes)
 
 
 def test_tensorboard_losses_keep_the_last_value_of_a_step_logged_twice(tmp_path):
