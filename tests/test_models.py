@@ -34,6 +34,7 @@ def _expected_size(side: int, stride: int) -> int:
 def test_resnet_output_shapes_and_a_trous_equivalence(name):
     """The dilated network computes the strided one's features on a finer grid (same weights):
     out(os=16)[::2, ::2] == out(os=32) and out(os=8)[::4, ::4] == out(os=32) in eval mode."""
+    torch.manual_seed(0)
     x = torch.randn(2, 3, 65, 47)
     reference = build_backbone(name, output_stride=32).eval()
     with torch.no_grad():
@@ -47,7 +48,8 @@ def test_resnet_output_shapes_and_a_trous_equivalence(name):
         assert model.output_stride == stride
         assert out.shape == (2, reference.out_channels, _expected_size(65, stride), _expected_size(47, stride))
         step = 32 // stride
-        torch.testing.assert_close(out[..., ::step, ::step], out32, rtol=1e-4, atol=1e-4)
+        # float32 sums in another order (dilated vs strided convolutions): tolerance relative to the scale
+        torch.testing.assert_close(out[..., ::step, ::step], out32, rtol=1e-4, atol=1e-5 * out32.abs().max().item())
 
 
 def test_resnet_dilation_layout():
