@@ -43,7 +43,8 @@ class DataConfig:
     root: str = "data/synthetic"
     train_split: str = "train"
     val_split: str | None = "val"  # None: no validation
-    label_split: str = "train"  # split gen_labels labels and scores (VOC protocol: train)
+    label_split: str = "train"  # split gen_labels makes pseudo labels for: the seg training split (VOC: train_aug)
+    score_split: str | None = None  # split whose labelled images are scored (VOC: train); None: label_split
     options: dict[str, Any] = field(default_factory=dict)  # dataset-specific keyword arguments
     num_workers: int = 2
 

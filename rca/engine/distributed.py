@@ -67,6 +67,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def wrap_ddp(model: nn.Module, ctx: DistContext, find_unused_parameters: bool = False) -> nn.Module:
+    """``model`` in ``DistributedDataParallel`` when the run has several processes, else as it is."""
+    if not ctx.distributed:
+        return model
+    device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
+                                               find_unused_parameters=find_unused_parameters)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model inside a ``DistributedDataParallel`` wrapper (or the model itself)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
