@@ -549,3 +549,53 @@ def test_infer_writes_a_label_of_the_input_size_per_image(pipeline, tmp_path):
     with torch.inference_mode():
         expected = predict_probs(model, _dataset("val", eval_transform())[0]["image"]).argmax(0).numpy()
     np.testing.assert_array_equal(load_label_png(output / "val0.png"), expected)
+
+
+# ---- the VOC protocol: labels made for the segmentation split, scored on its subset with masks -------
+@pytest.fixture(scope="module")
+def voc_pipeline(mini_config, tmp_path_factory):
+    """``run_all.sh`` on a VOC-layout copy of the miniature data: ``train_aug`` (16 images) is what the
+    classifier and DeepLab train on and what gets pseudo labels; ``train`` (its first 6) is scored."""
+    root = tmp_path_factory.mktemp("voc") / "VOC2012"
+    lists = root / "ImageSets" / "Segmentation"
+    for folder in (root / "JPEGImages", root / "SegmentationClassAug", lists):
+        folder.mkdir(parents=True)
+    for split in ("train", "val"):
+        dataset = _dataset(split)
+        ids = [f"{split}_{name}" for name in dataset.ids]  # synthetic train and val ids may collide
+        for index, name in enumerate(ids):
+            item = dataset[index]
+            Image.fromarray(item["image"]).save(root / "JPEGImages" / f"{name}.jpg", quality=95)
+            Image.fromarray(item["mask"].astype(np.uint8)).save(root / "SegmentationClassAug" / f"{name}.png")
+        lists.joinpath("train_aug.txt" if split == "train" else "val.txt").write_text("\n".join(ids) + "\n")
+        if split == "train":
+            lists.joinpath("train.txt").write_text("\n".join(ids[:6]) + "\n")
+    tree = yaml.safe_load(mini_config.read_text())
+    tree["data"].update(name="voc", root=str(root), train_split="train_aug", val_split="val",
+                        label_split="train_aug", score_split="train", options={})
+    config = root.parent / "voc_mini.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    work_dir = root.parent / "run"
+    result = _run_all(config, work_dir)
+    assert result.returncode == 0, f"run_all.sh failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return root, work_dir, result.stdout
+
+
+def test_voc_protocol_labels_the_training_split_and_scores_its_subset(voc_pipeline):
+    root, work_dir, stdout = voc_pipeline
+    train_aug = (root / "ImageSets" / "Segmentation" / "train_aug.txt").read_text().split()
+    scored = (root / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    assert set(scored) < set(train_aug)
+    assert sorted(p.stem for p in (work_dir / "labels").glob("*.png")) == sorted(train_aug)
+    metrics = json.loads((work_dir / "labels" / "metrics.json").read_text())
+    assert (metrics["label_split"], metrics["score_split"]) == ("train_aug", "train")
+    assert (metrics["num_labelled"], metrics["num_scored"]) == (len(train_aug), len(scored))
+    # the pseudo-label scores cover exactly the scored split's images
+    labels = [load_label_png(work_dir / "labels" / f"{name}.png") for name in scored]
+    masks = [load_label_png(root / "SegmentationClassAug" / f"{name}.png") for name in scored]
+    num_classes = len(metrics["pseudo_label"]["iou_by_class"])
+    assert num_classes == 21
+    assert metrics["pseudo_label"]["strict_miou"] == pytest.approx(_miou_by_hand(labels, masks, num_classes), abs=1e-9)
+    seg = json.loads((work_dir / "seg" / "metrics.json").read_text())
+    assert seg["iterations_done"] == 4 and seg["best_val_miou"] is not None
+    assert "labels for train_aug, scored on train" in stdout
