@@ -51,7 +51,7 @@ class DataConfig:
 
 @dataclass
 class ClsConfig:
-    """Stage 1: the CAM classifier with RCA (Zhou et al., CVPR 2022)."""
+    """Stage 1: the CAM classifier with RCA (Zhou et al., CVPR 2022, arXiv:2203.09653)."""
 
     method: str = "rca"  # rca | cam (every RCA part off, for ablation)
     backbone: str = "resnet50"
@@ -100,7 +100,7 @@ class LabelsConfig:
 
 @dataclass
 class SegConfig:
-    """Stage 3: DeepLab-v2 (Chen et al., TPAMI 2017) on pseudo labels or true masks."""
+    """Stage 3: DeepLab-v2 (Chen et al., TPAMI 2018, arXiv:1606.00915) on pseudo labels or true masks."""
 
     labels: str = "pseudo"  # pseudo (runs/<exp>/labels) | gt (the dataset's masks)
     backbone: str = "resnet101"

@@ -112,7 +112,7 @@ def constant_background(cams, classes, threshold: float, image=None, crf: str = 
 
 
 def power_background(cams, classes, alpha: float, image=None, crf: str = NO_CRF) -> np.ndarray:
-    """PSA background: ``(1 - max_c CAM_c) ** alpha`` (Ahn & Kwak, CVPR 2018, Sec. 3.3 / Eq. 2).
+    """PSA background: ``(1 - max_c CAM_c) ** alpha`` (Ahn & Kwak, CVPR 2018, arXiv:1803.10464, Sec. 3.3 / Eq. 2).
 
     A small ``alpha`` (PSA: 4) gives a strong background (confident foreground), a large one
     (PSA: 24 or 32) a weak background (confident background). With ``crf`` a preset the
@@ -185,7 +185,8 @@ def saliency_background(
 
 def confident_labels(cams, classes, fg_threshold: float, bg_threshold: float,
                      image=None, crf: str = NO_CRF) -> np.ndarray:
-    """IRN's confident foreground / background labels (Ahn et al., CVPR 2019, ``cam_to_ir_label``).
+    """IRN's confident foreground / background labels (Ahn et al., CVPR 2019, arXiv:1904.05044,
+    ``cam_to_ir_label``).
 
     Two constant-background label maps are made, at ``fg_threshold`` (0.30, a strong background:
     confident foreground) and at ``bg_threshold`` (0.05, a weak background: confident background);
