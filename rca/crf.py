@@ -36,7 +36,8 @@ CRF_PRESETS: dict[str, CRFParams] = {
     # PSA / EPS / RCA released code (imutils.crf_inference): Gaussian (3, 3), bilateral (80, 13, 10).
     "psa": CRFParams(iterations=10, gaussian_sxy=3, gaussian_compat=3,
                      bilateral_sxy=80, bilateral_srgb=13, bilateral_compat=10),
-    # DeepLab-v2 post-processing on VOC (Chen et al., TPAMI 2018, arXiv:1606.00915): Gaussian (1, 3), bilateral (67, 3, 4).
+    # DeepLab-v2 post-processing on VOC (Chen et al., TPAMI 2018, arXiv:1606.00915):
+    # Gaussian (1, 3), bilateral (67, 3, 4).
     "deeplab": CRFParams(iterations=10, gaussian_sxy=1, gaussian_compat=3,
                          bilateral_sxy=67, bilateral_srgb=3, bilateral_compat=4),
 }

@@ -34,11 +34,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from rca.classify import evaluate_tags, region_contrast_loss
-from rca.config import add_config_args, config_from_args, config_to_dict, save_config
+from rca.config import add_config_args, config_from_args, config_to_dict
 from rca.data import build_dataset
 from rca.data.transforms import eval_transform, train_transform
 from rca.engine.distributed import cleanup_distributed, init_distributed, wrap_ddp
-from rca.engine.logs import peak_memory_mb, setup_logger, tensorboard_writer
+from rca.engine.logs import peak_memory_mb, setup_logger
 from rca.engine.optim import grad_scaler, optimizer_step, poly_scheduler, use_amp
 from rca.engine.run import EXIT_REFUSED, TrainingRun
 from rca.engine.seeding import seed_epoch, seed_everything, worker_init_fn
@@ -158,9 +158,7 @@ def main(argv=None) -> int:
     if not run.restore(raw_model, optimizer, scheduler, scaler, "cls.epochs or cls.batch_size"):
         return EXIT_REFUSED
 
-    if ctx.is_main:
-        save_config(config, out_dir / "config.yaml")
-    writer = tensorboard_writer(out_dir / "tb", ctx.is_main)
+    writer = run.open_outputs(config, ctx.is_main)
     sampler = DistributedSampler(train_set, ctx.world_size, ctx.rank, shuffle=True, seed=config.seed, drop_last=True)
     log.info("%d training images, %d iterations/epoch, %d epochs, method %s, device %s x %d",
              len(train_set), iters_per_epoch, cfg.epochs, cfg.method, ctx.device, ctx.world_size)

@@ -31,13 +31,13 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from rca.config import add_config_args, config_from_args, config_to_dict, save_config
+from rca.config import add_config_args, config_from_args, config_to_dict
 from rca.data import build_dataset
 from rca.data.pseudo import WithPseudoLabels
 from rca.data.transforms import denormalize, eval_transform, train_transform
 from rca.engine.checkpoint import load_checkpoint
-from rca.engine.distributed import cleanup_distributed, init_distributed, unwrap, wrap_ddp
-from rca.engine.logs import peak_memory_mb, setup_logger, tensorboard_writer
+from rca.engine.distributed import cleanup_distributed, init_distributed, wrap_ddp
+from rca.engine.logs import peak_memory_mb, setup_logger
 from rca.engine.optim import grad_scaler, optimizer_step, poly_scheduler, use_amp
 from rca.engine.run import EXIT_REFUSED, TrainingRun
 from rca.engine.seeding import SeededItems, derive_seed, seed_everything, seeded_indices, worker_init_fn
@@ -131,11 +131,13 @@ def eval_only(args, cfg, val_set, out_dir, ctx) -> int:
     result = evaluate(model, val_set, cfg, ctx, prediction_dir=out_dir / "predictions")
     print(format_iou_table(result, val_set.class_names))
     if ctx.is_main:
-        save_json(out_dir / "eval_metrics.json", {**result, "protocol": protocol(cfg), "checkpoint": str(checkpoint_path)})
+        save_json(out_dir / "eval_metrics.json",
+                  {**result, "protocol": protocol(cfg), "checkpoint": str(checkpoint_path)})
     return 0
 
 
-def train_one_interval(model, stream, optimizer, scheduler, scaler, run: TrainingRun, cfg, ctx, writer, progress) -> dict:
+def train_one_interval(model, stream, optimizer, scheduler, scaler, run: TrainingRun, cfg, ctx, writer,
+                       progress) -> dict:
     """Train up to the next validation point (``seg.val_interval``) or the end; returns the record."""
     amp = use_amp(cfg.amp, ctx.device)
     start, loss_sum, steps, iteration = time.perf_counter(), 0.0, 0, run.done
@@ -188,9 +190,7 @@ def main(argv=None) -> int:
     if not run.restore(raw_model, optimizer, scheduler, scaler, "seg.iterations"):
         return EXIT_REFUSED
 
-    if ctx.is_main:
-        save_config(config, out_dir / "config.yaml")
-    writer = tensorboard_writer(out_dir / "tb", ctx.is_main)
+    writer = run.open_outputs(config, ctx.is_main)
     log.info("%d training images (%s labels), %d iterations, batch %d x %d, device %s",
              len(train_set), cfg.labels, cfg.iterations, cfg.batch_size, ctx.world_size, ctx.device)
     stream = batches(train_set, cfg, data.num_workers, config.seed, ctx, run.done)

@@ -25,7 +25,9 @@ from typing import Any
 
 import torch
 
+from rca.config import save_config
 from rca.engine.checkpoint import load_checkpoint, restore_training_state, save_training_state
+from rca.engine.logs import tensorboard_writer
 
 EXIT_REFUSED = 2  # a stage's exit status when it refuses to touch an unfinished run
 
@@ -94,6 +96,13 @@ class TrainingRun:
         self.done, self.best_score, self.history = state["done"], state["best_score"], state["history"]
         self.log.info("resumed from %s after %d %s", self.last_path, self.done, self.unit)
         return True
+
+    def open_outputs(self, config, is_main: bool):
+        """Write the resolved ``config.yaml`` (rank 0) and return the TensorBoard writer of ``tb/``
+        (``None`` on the other ranks)."""
+        if is_main:
+            save_config(config, self.out_dir / "config.yaml")
+        return tensorboard_writer(self.out_dir / "tb", is_main)
 
     def add(self, record: dict[str, Any], done: int) -> bool:
         """Append a history record for ``done`` finished epochs/iterations; True if it is the best.
