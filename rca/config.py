@@ -80,14 +80,15 @@ class DataConfig:
     root: str = "data/synthetic"
     train_split: str = "train"
     val_split: str | None = "val"  # None: no validation
-    label_split: str = "train"  # split gen_labels labels and scores (VOC protocol: train)
+    label_split: str = "train"  # split gen_labels makes pseudo labels for: the seg training split (VOC: train_aug)
+    score_split: str | None = None  # split whose labelled images are scored (VOC: train); None: label_split
     options: dict[str, Any] = field(default_factory=dict)  # dataset-specific keyword arguments
     num_workers: NonNegativeInt = 2
 
 
 @dataclass
 class ClsConfig:
-    """Stage 1: the CAM classifier with RCA (Zhou et al., CVPR 2022)."""
+    """Stage 1: the CAM classifier with RCA (Zhou et al., CVPR 2022, arXiv:2203.09653)."""
 
     method: Literal["rca", "cam"] = "rca"  # cam: every RCA part off, for ablation
     backbone: str = "resnet50"  # a key of rca.models.backbones.OUTPUT_STRIDES
@@ -185,7 +186,7 @@ class ContrastConfig:
 
 @dataclass
 class SegConfig:
-    """Stage 3: DeepLab-v2 (Chen et al., TPAMI 2017) on pseudo labels or true masks."""
+    """Stage 3: DeepLab-v2 (Chen et al., TPAMI 2018, arXiv:1606.00915) on pseudo labels or true masks."""
 
     labels: Literal["pseudo", "gt"] = "pseudo"  # pseudo: runs/<exp>/labels; gt: the dataset's masks
     backbone: str = "resnet101"  # a key of rca.models.backbones.OUTPUT_STRIDES

@@ -1,4 +1,4 @@
-"""Fully connected CRF (Krähenbühl & Koltun, NeurIPS 2011) refinement of class scores or labels.
+"""Fully connected CRF (Krähenbühl & Koltun, NeurIPS 2011, arXiv:1210.5644) refinement of class scores or labels.
 
 A thin layer over ``pydensecrf`` (pip package ``pydensecrf2``, imported lazily). The energy has a
 unary term and two Potts pairwise kernels: an appearance (bilateral) kernel over position and
@@ -36,7 +36,8 @@ CRF_PRESETS: dict[str, CRFParams] = {
     # PSA / EPS / RCA released code (imutils.crf_inference): Gaussian (3, 3), bilateral (80, 13, 10).
     "psa": CRFParams(iterations=10, gaussian_sxy=3, gaussian_compat=3,
                      bilateral_sxy=80, bilateral_srgb=13, bilateral_compat=10),
-    # DeepLab-v2 post-processing on VOC (Chen et al., TPAMI 2018): Gaussian (1, 3), bilateral (67, 3, 4).
+    # DeepLab-v2 post-processing on VOC (Chen et al., TPAMI 2018, arXiv:1606.00915):
+    # Gaussian (1, 3), bilateral (67, 3, 4).
     "deeplab": CRFParams(iterations=10, gaussian_sxy=1, gaussian_compat=3,
                          bilateral_sxy=67, bilateral_srgb=3, bilateral_compat=4),
 }
@@ -153,7 +154,7 @@ def crf_labels(
 ) -> np.ndarray:
     """Refine a hard label map with a dense CRF whose unary trusts each label with ``gt_prob``.
 
-    IRN's ``imutils.crf_inference_label`` (Ahn et al., CVPR 2019; used by ``cam_to_ir_label``):
+    IRN's ``imutils.crf_inference_label`` (Ahn et al., CVPR 2019, arXiv:1904.05044; used by ``cam_to_ir_label``):
     unary from ``pydensecrf.utils.unary_from_labels(labels, num_labels, gt_prob,
     zero_unsure=False)`` (the given label gets probability ``gt_prob``, the others share the rest),
     Gaussian kernel (sxy 3, compat 3), bilateral kernel (sxy 50, srgb 5, compat 10), 10 iterations,

@@ -1,6 +1,6 @@
 """Spherical (cosine) k-means in torch, for clustering L2-normalised memory embeddings.
 
-RCA's semantic aggregation (Zhou et al., CVPR 2022, Sec. 3.3) summarises each class of the regional
+RCA's semantic aggregation (Zhou et al., CVPR 2022, arXiv:2203.09653, Sec. 3.3) summarises each class of the regional
 memory by k-means centres (released code: scikit-learn ``KMeans(n_clusters=10)`` per class, run
 at the start of every epoch). The memory holds unit vectors, so this module clusters by cosine
 similarity: points are assigned to the centre with the largest dot product and a centre is the

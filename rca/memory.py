@@ -1,7 +1,7 @@
 """The regional memory bank of RCA: per-class queues of region embeddings.
 
 Zhou et al., "Regional Semantic Contrast and Aggregation for Weakly Supervised Semantic
-Segmentation", CVPR 2022, Sec. 3.1: the memory stores, for every class, the embeddings of object
+Segmentation", CVPR 2022, arXiv:2203.09653, Sec. 3.1: the memory stores, for every class, the embeddings of object
 regions seen across the whole training set. Semantic contrast (:mod:`rca.losses.semantic_contrast`)
 reads them as positives/negatives and semantic aggregation (:mod:`rca.models.classifier`) clusters
 them into class centres.

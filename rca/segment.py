@@ -1,7 +1,7 @@
 """DeepLab-v2 training loss, and segmentation inference and evaluation: multi-scale + flip prediction,
 optional dense CRF, mIoU.
 
-Evaluation protocol (DeepLab-v2, Chen et al. TPAMI 2018; the WSSS papers that train it on pseudo
+Evaluation protocol (DeepLab-v2, Chen et al., TPAMI 2018, arXiv:1606.00915; the WSSS papers that train it on pseudo
 labels follow it): the network sees each full-size val image at every scale in ``scales`` (and its
 horizontal flip), the softmax probabilities are resized back to the image size and averaged, an
 optional dense CRF (``deeplab`` preset) refines them, and the argmax is scored against the true mask

@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     data = config.data
     dataset = build_dataset(data.name, data.root, data.label_split, **data.options)
-    num_tags = dataset.num_classes - int(dataset.has_background)
+    num_tags = dataset.label_space.num_tags
     results = {"config": config.name, "device": str(device), "threads": torch.get_num_threads()}
 
     cls = config.cls
@@ -118,9 +118,9 @@ def main(argv=None) -> int:
     cam_time = timed(lambda: multiscale_cam(model, image, config.labels.scales, config.labels.flip), args.iters)
     results["cam_images_per_s"] = 1 / cam_time
     cams, tagged = normalize_cams(multiscale_cam(model, image, config.labels.scales), torch.ones(num_tags))
-    cams, classes = cams[:3].cpu().numpy(), (tagged[:3] + int(dataset.has_background)).numpy()
+    cams, classes = cams[:3].cpu().numpy(), dataset.label_space.tag_to_label(tagged[:3].numpy())
     rule, params = ("constant", {"threshold": 0.2}) if dataset.has_background else ("argmax", {})
-    crf_time = timed(lambda: make_pseudo_label(cams, classes, rule, image=item["image"], **params), args.iters)
+    crf_time = timed(lambda: make_pseudo_label(cams, classes, rule, image=item["image"], crf="psa", **params), args.iters)
     results["crf_images_per_s_3_classes"] = 1 / crf_time
 
     seg = config.seg

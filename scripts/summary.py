@@ -20,20 +20,25 @@ def read(path: Path) -> dict:
 def main(argv=None) -> int:
     config, work_dir = config_from_args(add_config_args(argparse.ArgumentParser(description=__doc__)).parse_args(argv))
     cls, labels, seg = (read(work_dir / part / "metrics.json") for part in ("cls", "labels", "seg"))
-    seed, pseudo = labels.get("seed", {}), labels.get("pseudo_label", {})
+    seed, seed_crf, pseudo = (labels.get(key, {}) for key in ("cam_seed", "cam_seed_crf", "pseudo_label"))
+    oracle = labels.get("oracle_sweep", {})
+    at = "argmax" if seed.get("threshold") is None else f"threshold {seed['threshold']:.2f}"
+    scored = f"labels for {labels.get('label_split')}, scored on {labels.get('score_split')}"
     rows = [
         ("classifier val tag mAP", cls.get("best_val_map"), f"{config.cls.method}, split {config.data.val_split}"),
-        ("best seed mIoU", seed.get("miou"), f"threshold {seed.get('best_threshold')}, split {labels.get('split')}"),
-        ("seed + CRF mIoU", labels.get("seed_crf", {}).get("miou"), ""),
+        ("CAM seed mIoU", seed.get("miou"), f"{at}, {scored}" if seed else ""),
+        ("CAM seed + CRF mIoU", seed_crf.get("miou"), f"{at}, CRF {seed_crf.get('crf')}" if seed_crf else ""),
         ("pseudo-label mIoU (strict)", pseudo.get("strict_miou"), ""),
         ("pseudo-label mIoU (lenient)", pseudo.get("lenient_miou"),
          f"{pseudo['labelled_fraction']:.1f}% labelled" if "labelled_fraction" in pseudo else ""),
         ("segmentation val mIoU", seg.get("best_val_miou"), f"DeepLab-v2 on {config.seg.labels} labels"),
+        ("oracle: best CAM seed mIoU", oracle.get("best_miou"),
+         f"threshold {oracle['best_threshold']:.2f} picked on the scored masks (upper bound)" if oracle else ""),
     ]
     print(f"summary of {work_dir} (config {config.name})")
     for name, value, note in rows:
         shown = "n/a" if value is None else f"{value:6.2f}"
-        print(f"  {name:<28} {shown:>6}  {note}")
+        print(f"  {name:<28} {shown:>6}  {note}".rstrip())
     return 0
 
 

@@ -10,11 +10,13 @@ on the dataset's own masks (the fully supervised benchmarks). Writes
 ``DIR/seg/{last.pt,best.pt,metrics.json,config.yaml,train.log}``, TensorBoard logs in ``DIR/seg/tb``
 and, with ``--eval-only``, the predictions as palette PNGs in ``DIR/seg/predictions/``.
 
-Training follows DeepLab-v2 (Chen et al., TPAMI 2018): SGD with momentum, poly LR (power 0.9) over
-``seg.iterations``, LR x1 for the backbone, x10 for ASPP weights and x20 for ASPP biases, random
-scale + flip + crop, cross-entropy with 255 ignored on logits upsampled to the crop size (summed over
-the scales and their max fusion with ``seg.multi_scale``). Validation every ``seg.val_interval``
-iterations keeps the best checkpoint by val mIoU; ``--resume`` continues from ``last.pt``.
+Training follows DeepLab-v2 (Chen et al., TPAMI 2018, arXiv:1606.00915): SGD with momentum, poly LR
+(power 0.9) over ``seg.iterations``, LR x1 for the backbone, x10 for ASPP weights and x20 for ASPP
+biases, random scale + flip + crop, cross-entropy with 255 ignored on logits upsampled to the crop
+size (summed over the scales and their max fusion with ``seg.multi_scale``). Validation every
+``seg.val_interval`` iterations keeps the best checkpoint by val mIoU; ``--resume`` continues from
+``last.pt`` exactly, also mid-epoch: each sample's augmentation is drawn from its own seed
+(:class:`rca.engine.seeding.SeededItems`).
 """
 
 from __future__ import annotations
@@ -26,21 +28,22 @@ import time
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from rca.config import add_config_args, config_from_args, config_to_dict, save_config
+from rca.config import add_config_args, config_from_args, config_to_dict
 from rca.data import build_dataset
 from rca.data.pseudo import WithPseudoLabels
 from rca.data.transforms import denormalize, eval_transform, train_transform
-from rca.engine.checkpoint import load_checkpoint, restore_training_state, save_training_state
-from rca.engine.distributed import cleanup_distributed, init_distributed, unwrap
-from rca.engine.logs import peak_memory_mb, setup_logger, tensorboard_writer
-from rca.engine.seeding import seed_epoch, seed_everything, worker_init_fn
+from rca.engine.checkpoint import load_checkpoint
+from rca.engine.distributed import cleanup_distributed, init_distributed, wrap_ddp
+from rca.engine.logs import peak_memory_mb, setup_logger
+from rca.engine.optim import grad_scaler, optimizer_step, poly_scheduler, use_amp
+from rca.engine.run import EXIT_REFUSED, TrainingRun
+from rca.engine.seeding import SeededItems, derive_seed, seed_everything, seeded_indices, worker_init_fn
 from rca.io import save_json
-from rca.models.deeplab import build_deeplab, deeplab_args, deeplab_param_groups
 from rca.metrics import format_iou_table
+from rca.models.deeplab import build_deeplab, deeplab_args, deeplab_param_groups
 from rca.segment import evaluate_segmentation, predict_probs, segmentation_loss
 
 
@@ -56,19 +59,22 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def batches(dataset, cfg, num_workers: int, seed: int, ctx, start_iteration: int):
-    """Yield training batches forever; epoch ``e`` is shuffled and augmented from (seed, e, rank).
+    """Yield training batches forever; epoch ``e`` is shuffled from (seed, e), sample ``i`` augmented
+    from (seed, e, i).
 
-    Starting at ``start_iteration`` (a resume) skips the batches already seen in that epoch.
+    Starting at ``start_iteration`` (a resume) skips the batches already seen in that epoch; the
+    rest are the batches an uninterrupted run gets, bit for bit.
     """
     per_epoch = len(dataset) // (cfg.batch_size * ctx.world_size)
     epoch, skip = divmod(start_iteration, per_epoch)
+    items = SeededItems(dataset)
     while True:
         sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=seed, drop_last=True)
         sampler.set_epoch(epoch)
-        indices = list(sampler)[skip * cfg.batch_size:]
+        keys = seeded_indices(list(sampler)[skip * cfg.batch_size:], seed, epoch)
         yield from DataLoader(
-            dataset, batch_size=cfg.batch_size, sampler=indices, num_workers=num_workers,
-            drop_last=True, worker_init_fn=worker_init_fn, generator=seed_epoch(seed, epoch, ctx.rank),
+            items, batch_size=cfg.batch_size, sampler=keys, num_workers=num_workers, drop_last=True,
+            worker_init_fn=worker_init_fn, generator=torch.Generator().manual_seed(derive_seed(seed, epoch, ctx.rank)),
             pin_memory=ctx.device.type == "cuda",
         )
         epoch, skip = epoch + 1, 0
@@ -77,6 +83,16 @@ def batches(dataset, cfg, num_workers: int, seed: int, ctx, start_iteration: int
 def protocol(cfg) -> dict:
     """The evaluation protocol, recorded next to every score."""
     return {"scales": list(cfg.eval_scales), "flip": cfg.eval_flip, "crf": "deeplab" if cfg.eval_crf else None}
+
+
+def evaluate(model: nn.Module, val_set, cfg, ctx, prediction_dir=None) -> dict:
+    """Val mIoU of ``model`` (bare, not DDP) under the configured protocol, sharded over the ranks."""
+    model.eval()
+    result = evaluate_segmentation(model, val_set, cfg.eval_scales, cfg.eval_flip, protocol(cfg)["crf"],
+                                   prediction_dir=prediction_dir, shard=(ctx.rank, ctx.world_size),
+                                   progress=prediction_dir is not None and ctx.is_main)
+    model.train()
+    return result
 
 
 def log_predictions(writer, model: nn.Module, dataset, iteration: int, count: int = 4) -> None:
@@ -91,6 +107,56 @@ def log_predictions(writer, model: nn.Module, dataset, iteration: int, count: in
         writer.add_image(f"seg/val_{item['id']}", panel, iteration, dataformats="HWC")
 
 
+def build_train_set(config, work_dir):
+    """The training split with pseudo labels (``seg.labels: pseudo``) or its own masks (``gt``)."""
+    cfg, data = config.seg, config.data
+    transform = train_transform(cfg.crop_size, scale_range=cfg.scale_range, color_jitter=cfg.color_jitter)
+    if cfg.labels == "pseudo":
+        base = build_dataset(data.name, data.root, data.train_split, **data.options)
+        return WithPseudoLabels(base, work_dir / "labels", transform)
+    if cfg.labels == "gt":
+        train_set = build_dataset(data.name, data.root, data.train_split, transform=transform, **data.options)
+        if not train_set.has_masks:
+            raise ValueError(f"seg.labels=gt but split {data.train_split!r} has no masks; use seg.labels=pseudo")
+        return train_set
+    raise ValueError(f"seg.labels must be 'pseudo' or 'gt', got {cfg.labels!r}")
+
+
+def eval_only(args, cfg, val_set, out_dir, ctx) -> int:
+    """``--eval-only``: score a checkpoint on the val split and write its predictions."""
+    checkpoint_path = args.checkpoint or out_dir / "best.pt"
+    checkpoint = load_checkpoint(checkpoint_path)
+    model = build_deeplab(**checkpoint["model_args"]).to(ctx.device)
+    model.load_state_dict(checkpoint["model"])
+    result = evaluate(model, val_set, cfg, ctx, prediction_dir=out_dir / "predictions")
+    print(format_iou_table(result, val_set.class_names))
+    if ctx.is_main:
+        save_json(out_dir / "eval_metrics.json",
+                  {**result, "protocol": protocol(cfg), "checkpoint": str(checkpoint_path)})
+    return 0
+
+
+def train_one_interval(model, stream, optimizer, scheduler, scaler, run: TrainingRun, cfg, ctx, writer,
+                       progress) -> dict:
+    """Train up to the next validation point (``seg.val_interval``) or the end; returns the record."""
+    amp = use_amp(cfg.amp, ctx.device)
+    start, loss_sum, steps, iteration = time.perf_counter(), 0.0, 0, run.done
+    while steps == 0 or (iteration % cfg.val_interval and iteration < cfg.iterations):
+        batch = next(stream)
+        images = batch["image"].to(ctx.device, non_blocking=True)
+        masks = batch["mask"].to(ctx.device, non_blocking=True)
+        with torch.autocast(ctx.device.type, enabled=amp):
+            loss = segmentation_loss(model(images), masks)
+        optimizer_step(loss, optimizer, scheduler, scaler)
+        iteration, steps, loss_sum = iteration + 1, steps + 1, loss_sum + loss.item()
+        progress.update()
+        if writer is not None and iteration % cfg.log_interval == 0:
+            writer.add_scalar("seg/loss", loss.item(), iteration)
+            writer.add_scalar("seg/lr", optimizer.param_groups[0]["lr"], iteration)
+    return {"iteration": iteration, "train_loss": loss_sum / steps,
+            "s_per_iter": (time.perf_counter() - start) / steps, "peak_memory_mb": peak_memory_mb(ctx.device)}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     config, work_dir = config_from_args(args)
@@ -99,141 +165,70 @@ def main(argv=None) -> int:
     log = setup_logger("train_seg", out_dir / "train.log", ctx.is_main)
     if not data.val_split and (args.eval_only or cfg.val_interval):
         log.warning("no data.val_split: the model is trained but not evaluated")
-
     val_set = None
     if data.val_split:
         val_set = build_dataset(data.name, data.root, data.val_split, transform=eval_transform(), **data.options)
         if not val_set.has_masks:
             raise ValueError(f"data.val_split={data.val_split!r} has no masks to evaluate against")
-
     if args.eval_only:
-        checkpoint = load_checkpoint(args.checkpoint or out_dir / "best.pt")
-        model = build_deeplab(**checkpoint["model_args"]).to(ctx.device)
-        model.load_state_dict(checkpoint["model"])
-        model.eval()
-        result = evaluate_segmentation(
-            model, val_set, cfg.eval_scales, cfg.eval_flip, "deeplab" if cfg.eval_crf else None,
-            prediction_dir=out_dir / "predictions", shard=(ctx.rank, ctx.world_size), progress=ctx.is_main,
-        )
-        print(format_iou_table(result, val_set.class_names))
-        if ctx.is_main:
-            save_json(out_dir / "eval_metrics.json", {**result, "protocol": protocol(cfg), "checkpoint": str(args.checkpoint or out_dir / "best.pt")})
-        return 0
+        return eval_only(args, cfg, val_set, out_dir, ctx)
+    run = TrainingRun(out_dir, cfg.iterations, "iterations", "val_miou", log)
+    if (exit_code := run.check(args.resume, args.overwrite)) is not None:
+        return exit_code
 
-    last_path = out_dir / "last.pt"
-    resume_state = None
-    if last_path.is_file() and not args.overwrite:
-        resume_state = load_checkpoint(last_path)
-        if resume_state["iteration"] >= cfg.iterations:
-            log.info("%s is finished (%d iterations); --overwrite retrains", last_path, cfg.iterations)
-            return 0
-        if not args.resume:
-            log.error("%s holds an unfinished run: pass --resume to continue or --overwrite", last_path)
-            return 2
-
-    transform = train_transform(cfg.crop_size, scale_range=cfg.scale_range, color_jitter=cfg.color_jitter)
-    if cfg.labels == "pseudo":
-        base = build_dataset(data.name, data.root, data.train_split, **data.options)
-        train_set = WithPseudoLabels(base, work_dir / "labels", transform)
-    elif cfg.labels == "gt":
-        train_set = build_dataset(data.name, data.root, data.train_split, transform=transform, **data.options)
-        if not train_set.has_masks:
-            raise ValueError(f"seg.labels=gt but split {data.train_split!r} has no masks; use seg.labels=pseudo")
-    else:
-        raise ValueError(f"seg.labels must be 'pseudo' or 'gt', got {cfg.labels!r}")
-
+    train_set = build_train_set(config, work_dir)
     model_args = deeplab_args(cfg, train_set.num_classes)
     seed_everything(config.seed)  # the random initialisation follows the config's seed
     raw_model = build_deeplab(**model_args).to(ctx.device)
-    model: nn.Module = raw_model
-    if ctx.distributed:
-        if cfg.sync_bn and not cfg.freeze_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+    if ctx.distributed and cfg.sync_bn and not cfg.freeze_bn:
+        raw_model = nn.SyncBatchNorm.convert_sync_batchnorm(raw_model)
+    model = wrap_ddp(raw_model, ctx)
     optimizer = torch.optim.SGD(deeplab_param_groups(raw_model, cfg.lr), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=cfg.iterations, power=0.9)
-    use_amp = cfg.amp and ctx.device.type == "cuda"
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=use_amp)
+    scheduler = poly_scheduler(optimizer, cfg.iterations)
+    scaler = grad_scaler(cfg.amp, ctx.device)
+    if not run.restore(raw_model, optimizer, scheduler, scaler, "seg.iterations"):
+        return EXIT_REFUSED
 
-    iteration, best_miou, history = 0, -1.0, []
-    if resume_state is not None:
-        if resume_state["scheduler"]["total_iters"] != cfg.iterations:
-            log.error("%s was trained with a schedule of %d iterations, this config gives %d: resume with the "
-                      "same seg.iterations or pass --overwrite", last_path, resume_state["scheduler"]["total_iters"],
-                      cfg.iterations)
-            return 2
-        restore_training_state(resume_state, unwrap(model), optimizer, scheduler, scaler)
-        iteration, best_miou, history = resume_state["iteration"], resume_state["best_miou"], resume_state["history"]
-        log.info("resumed from %s at iteration %d", last_path, iteration)
-
-    if ctx.is_main:
-        save_config(config, out_dir / "config.yaml")
-    writer = tensorboard_writer(out_dir / "tb", ctx.is_main)
+    writer = run.open_outputs(config, ctx.is_main)
     log.info("%d training images (%s labels), %d iterations, batch %d x %d, device %s",
              len(train_set), cfg.labels, cfg.iterations, cfg.batch_size, ctx.world_size, ctx.device)
-    stream = batches(train_set, cfg, data.num_workers, config.seed, ctx, iteration)
-    progress = tqdm(total=cfg.iterations, initial=iteration, disable=not ctx.is_main, desc="train_seg")
+    stream = batches(train_set, cfg, data.num_workers, config.seed, ctx, run.done)
+    progress = tqdm(total=cfg.iterations, initial=run.done, disable=not ctx.is_main, desc="train_seg")
     model.train()
-    start, loss_sum, done_since = time.perf_counter(), 0.0, 0
-    while iteration < cfg.iterations:
-        batch = next(stream)
-        images = batch["image"].to(ctx.device, non_blocking=True)
-        masks = batch["mask"].to(ctx.device, non_blocking=True)
-        with torch.autocast(ctx.device.type, enabled=use_amp):
-            loss = segmentation_loss(model(images), masks)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        iteration += 1
-        loss_sum, done_since = loss_sum + loss.item(), done_since + 1
-        progress.update()
-        if writer is not None and iteration % cfg.log_interval == 0:
-            writer.add_scalar("seg/loss", loss.item(), iteration)
-            writer.add_scalar("seg/lr", optimizer.param_groups[0]["lr"], iteration)
-
-        if iteration % cfg.val_interval == 0 or iteration == cfg.iterations:
-            record = {
-                "iteration": iteration, "train_loss": loss_sum / done_since,
-                "s_per_iter": (time.perf_counter() - start) / done_since, "peak_memory_mb": peak_memory_mb(ctx.device),
-            }
-            if val_set is not None:
-                model.eval()
-                result = evaluate_segmentation(
-                    unwrap(model), val_set, cfg.eval_scales, cfg.eval_flip, "deeplab" if cfg.eval_crf else None,
-                    shard=(ctx.rank, ctx.world_size), progress=False,
-                )
-                model.train()
-                record.update(val_miou=result["miou"], val_iou=result["iou_by_name"])
-                if writer is not None:
-                    writer.add_scalar("seg/val_miou", result["miou"], iteration)
-                    log_predictions(writer, unwrap(model), val_set, iteration)
-            history.append(record)
-            log.info("iteration %d: loss %.4f, %.3f s/iter%s", iteration, record["train_loss"], record["s_per_iter"],
-                     f", val mIoU {record['val_miou']:.2f}" if "val_miou" in record else "")
-            if ctx.is_main:
-                improved = "val_miou" not in record or record["val_miou"] >= best_miou
-                best_miou = max(best_miou, record.get("val_miou", best_miou))
-                state = {
-                    "model": unwrap(model).state_dict(), "model_args": {**model_args, "pretrained": "none"},
-                    "class_names": train_set.class_names, "palette": train_set.palette, "iteration": iteration,
-                    "best_miou": best_miou, "history": history, "config": config_to_dict(config),
-                }
-                save_training_state(out_dir, state, improved, optimizer, scheduler, scaler)
-                best = max(history, key=lambda r: r.get("val_miou", -1))
-                save_json(out_dir / "metrics.json", {
-                    "labels": cfg.labels, "iterations_done": iteration, "iterations": cfg.iterations,
-                    "best_val_miou": best.get("val_miou"), "iou_by_class": best.get("val_iou"),
-                    "protocol": protocol(cfg), "history": history,
-                })
-            start, loss_sum, done_since = time.perf_counter(), 0.0, 0
+    while run.done < cfg.iterations:
+        record = train_one_interval(model, stream, optimizer, scheduler, scaler, run, cfg, ctx, writer, progress)
+        if val_set is not None:
+            result = evaluate(raw_model, val_set, cfg, ctx)
+            record.update(val_miou=result["miou"], val_iou=result["iou_by_name"])
+            if writer is not None:
+                writer.add_scalar("seg/val_miou", result["miou"], record["iteration"])
+                log_predictions(writer, raw_model, val_set, record["iteration"])
+        improved = run.add(record, done=record["iteration"])
+        log.info("iteration %d: loss %.4f, %.3f s/iter%s", record["iteration"], record["train_loss"],
+                 record["s_per_iter"], f", val mIoU {record['val_miou']:.2f}" if "val_miou" in record else "")
+        if ctx.is_main:
+            save_run(run, raw_model, model_args, train_set, config, improved, optimizer, scheduler, scaler)
     progress.close()
     if writer is not None:
         writer.close()
     cleanup_distributed()
     return 0
+
+
+def save_run(run: TrainingRun, model, model_args: dict, train_set, config, improved: bool, optimizer, scheduler,
+             scaler) -> None:
+    """``last.pt`` / ``best.pt`` (with what ``infer.py`` needs: architecture, class names, palette) and metrics."""
+    state = {"model": model.state_dict(), "model_args": {**model_args, "pretrained": "none"},
+             "class_names": train_set.class_names, "palette": train_set.palette, "iteration": run.done,
+             "config": config_to_dict(config)}
+    run.save(state, improved, optimizer, scheduler, scaler)
+    best = run.best_record()
+    save_json(run.out_dir / "metrics.json", {
+        "labels": config.seg.labels, "iterations_done": run.done, "iterations": config.seg.iterations,
+        "best_val_miou": best.get("val_miou"), "iou_by_class": best.get("val_iou"),
+        "protocol": protocol(cfg=config.seg), "history": run.history,
+    })
 
 
 if __name__ == "__main__":

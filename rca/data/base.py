@@ -4,7 +4,7 @@ An item is a dict ``{"id": str, "image": (H, W, 3) uint8 RGB, "tags": (T,) float
 "mask": (H, W) int64}`` (``mask`` only when the dataset has masks; 255 = ignore). Tags are the
 image-level labels of weakly supervised segmentation: with a background class (VOC, COCO) tag ``j``
 is class ``j + 1`` and ``T = num_classes - 1``; without one (MSRC, CamVid) tag ``j`` is class ``j``
-and ``T = num_classes``.
+and ``T = num_classes`` (:class:`rca.data.label_space.LabelSpace`, a dataset's ``label_space``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rca.data.label_space import LabelSpace
 from rca.data.palette import IGNORE_INDEX
 from rca.io import load_label_png
 
@@ -94,9 +95,7 @@ def tags_from_mask(mask: np.ndarray, num_classes: int, has_background: bool) -> 
     Returns:
         ``(num_classes - 1,)`` or ``(num_classes,)`` float32 multi-hot vector.
     """
-    counts = np.bincount(mask[mask != IGNORE_INDEX].ravel(), minlength=num_classes)
-    present = (counts[:num_classes] > 0).astype(np.float32)
-    return present[1:] if has_background else present
+    return LabelSpace.unnamed(num_classes, has_background).tags_of_mask(mask, IGNORE_INDEX)
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
@@ -140,9 +139,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return len(self.class_names)
 
     @property
+    def label_space(self) -> LabelSpace:
+        """Class names and background flag, with the tag <-> label conversions."""
+        return LabelSpace(tuple(self.class_names), self.has_background)
+
+    @property
     def num_tags(self) -> int:
         """Length of the tag vector: foreground classes only when there is a background class."""
-        return self.num_classes - 1 if self.has_background else self.num_classes
+        return self.label_space.num_tags
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -1,4 +1,4 @@
-"""CamVid (Brostow et al., PRL 2009) in the SegNet release (Badrinarayanan et al., TPAMI 2017).
+"""CamVid (Brostow et al., PRL 2009) in the SegNet release (Badrinarayanan et al., TPAMI 2017, arXiv:1511.00561).
 
 Layout of the SegNet release (480x360 frames)::
 

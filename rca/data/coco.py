@@ -1,4 +1,4 @@
-"""MS COCO (Lin et al., ECCV 2014) as a semantic segmentation set, the WSSS way.
+"""MS COCO (Lin et al., ECCV 2014, arXiv:1405.0312) as a semantic segmentation set, the WSSS way.
 
 Layout (the official one)::
 

@@ -29,7 +29,8 @@ class WithPseudoLabels(Dataset):
         if missing:
             raise FileNotFoundError(
                 f"{len(missing)} of {len(base.ids)} pseudo labels missing, e.g. {self.label_dir / missing[0]}.png: "
-                "run stages/gen_labels.py with the same config and work dir first"
+                "run stages/gen_labels.py with the same config and work dir first (its data.label_split must "
+                "hold every image of data.train_split)"
             )
         for name in ("ids", "class_names", "num_classes", "has_background", "palette"):
             setattr(self, name, getattr(base, name))

@@ -125,6 +125,15 @@ def all_reduce_sum(tensor: torch.Tensor, keep_local_grad: bool = False) -> torch
     return tensor + (total - tensor.detach()) if keep_local_grad else total
 
 
+def wrap_ddp(model: nn.Module, ctx: DistContext, find_unused_parameters: bool = False) -> nn.Module:
+    """``model`` in ``DistributedDataParallel`` when the run has several processes, else as it is."""
+    if not ctx.distributed:
+        return model
+    device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
+                                               find_unused_parameters=find_unused_parameters)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model inside a ``DistributedDataParallel`` wrapper (or the model itself)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

@@ -1,7 +1,7 @@
 """Semantic contrast of RCA: region embeddings against the regional memory (InfoNCE).
 
 Zhou et al., "Regional Semantic Contrast and Aggregation for Weakly Supervised Semantic
-Segmentation", CVPR 2022, Sec. 3.2 (Eq. 3). For a region embedding ``q`` (the anchor) of class
+Segmentation", CVPR 2022, arXiv:2203.09653, Sec. 3.2 (Eq. 3). For a region embedding ``q`` (the anchor) of class
 ``c``, each memory entry ``k+`` of class ``c`` is a positive and every entry ``k-`` of another
 class is a negative; the term of one positive is
 

@@ -13,7 +13,7 @@ Size rule: every stride-2 layer of every backbone maps a side ``n`` to ``ceil(n 
 conv/pool with padding 1, 7x7 conv with padding 3, 1x1 conv without padding, 2x2 pool with
 ``ceil_mode``), and ``ceil(ceil(n / a) / b) == ceil(n / (a * b))``; stride-1 layers keep the size.
 
-Output stride is reduced with the "a trous" rule of DeepLab (Chen et al., TPAMI 2017, Sec. 3.1):
+Output stride is reduced with the "a trous" rule of DeepLab (Chen et al., TPAMI 2018, arXiv:1606.00915, Sec. 3.1):
 the stride of a layer is set to 1 and every later 3x3 convolution is dilated by the removed
 factor, so the dilated network computes the strided one's features on a finer grid (in eval
 mode ``resnet(os=16)(x)[..., ::2, ::2] == resnet(os=32)(x)`` with the same weights).
@@ -93,7 +93,7 @@ class ResNet(nn.Module):
 
 class VGG16(nn.Module):
     """VGG-16 conv1_1 ... conv5_3 in the output-stride-8 layout of DeepLab-LargeFOV (Chen et al.,
-    ICLR 2015) as used by RCA's released code (``make_layers(cfg['D1'])``): pool1-3 are 2x2
+    ICLR 2015, arXiv:1409.1556) as used by RCA's released code (``make_layers(cfg['D1'])``): pool1-3 are 2x2
     stride 2, pool4 is a 3x3 stride-1 max pool (padding 1), conv5_x are dilated by 2, no pool5.
 
     Difference from the released code: pool1-3 use ``ceil_mode=True`` so that the output size is

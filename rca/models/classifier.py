@@ -1,7 +1,7 @@
 """The CAM classifier of RCA: coarse CAM head, region embeddings, memory and semantic aggregation.
 
 Zhou et al., "Regional Semantic Contrast and Aggregation for Weakly Supervised Semantic
-Segmentation", CVPR 2022 (released code: maeve07/RCA ``models/rca.py``)::
+Segmentation", CVPR 2022, arXiv:2203.09653 (released code: maeve07/RCA ``models/rca.py``)::
 
     images ─ backbone ─ X (B, C, h, w) ─┬─ coarse head (1x1) ─ M^c ─ GAP ─ scores_coarse
                                         ├─ embedding head ─ F (B, D, h, w)

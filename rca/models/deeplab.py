@@ -1,5 +1,5 @@
 """DeepLab-v2 (Chen et al., "DeepLab: Semantic Image Segmentation with Deep Convolutional Nets,
-Atrous Convolution, and Fully Connected CRFs", TPAMI 2017): a dilated backbone, the ASPP-L head
+Atrous Convolution, and Fully Connected CRFs", TPAMI 2018, arXiv:1606.00915): a dilated backbone, the ASPP-L head
 (Sec. 3.2, Fig. 4) and multi-scale input fusion (MSC, Sec. 4.1).
 
 Models return logits at feature resolution (``ceil(H / output_stride)``); the caller resizes them

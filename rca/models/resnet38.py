@@ -1,6 +1,6 @@
 """ResNet-38: the wide pre-activation ResNet (model A1) of Wu, Shen and van den Hengel, "Wider or
 Deeper: Revisiting the ResNet Model for Visual Recognition" (Pattern Recognition 2019), in the
-dilated output-stride-8 layout that PSA (Ahn & Kwak, CVPR 2018, jiwoon-ahn/psa
+dilated output-stride-8 layout that PSA (Ahn & Kwak, CVPR 2018, arXiv:1803.10464, jiwoon-ahn/psa
 ``network/resnet38d.py``) and its successors (IRN, SEAM, EPS, ...) use for WSSS.
 
 Layout (``(B, 3, H, W)`` -> ``(B, 4096, ceil(H/8), ceil(W/8))``):

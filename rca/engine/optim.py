@@ -1,0 +1,35 @@
+"""The optimisation step both trainers share: poly LR, AMP grad scaling, one SGD update.
+
+Poly LR (DeepLab-v2, Chen et al., TPAMI 2018, arXiv:1606.00915, Sec. 4.1; used by PSA, IRN and RCA
+for the classifier too): ``lr_t = lr_0 (1 - t / T) ** 0.9``, stepped once per iteration.
+"""
+
+from __future__ import annotations
+
+import torch
+
+POLY_POWER = 0.9
+
+
+def poly_scheduler(optimizer: torch.optim.Optimizer, total_iters: int) -> torch.optim.lr_scheduler.PolynomialLR:
+    """Poly LR over ``total_iters`` iterations (power 0.9); every param group decays from its own LR."""
+    return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total_iters, power=POLY_POWER)
+
+
+def grad_scaler(amp: bool, device: torch.device) -> torch.amp.GradScaler:
+    """An AMP grad scaler, enabled only when ``amp`` is asked for and ``device`` is a GPU."""
+    return torch.amp.GradScaler(device.type, enabled=use_amp(amp, device))
+
+
+def use_amp(amp: bool, device: torch.device) -> bool:
+    """Mixed precision runs only on a GPU (the config's ``amp`` is ignored on the CPU)."""
+    return amp and device.type == "cuda"
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler, scaler) -> None:
+    """Backward pass of ``loss`` (scaled under AMP), one optimizer step, one LR-scheduler step."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
