@@ -30,7 +30,7 @@ IGNORED_KEYS = frozenset({"name", "data.num_workers", "cls.log_interval", "seg.l
 
 # Keys of a section a stage reads that only later stages use.
 STAGE_IGNORED_KEYS = {
-    "cls": frozenset({"data.label_split"}),
+    "cls": frozenset({"data.label_split", "data.score_split"}),
     "labels": frozenset(),
     "seg": frozenset(),
 }
