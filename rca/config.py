@@ -56,6 +56,8 @@ class ClsConfig:
     backbone: str = "resnet50"
     pretrained: str = "imagenet"  # imagenet | none | path to a checkpoint
     output_stride: int = 16
+    freeze_bn: bool = False  # backbone batch norms at their pretrained statistics (IRN)
+    frozen_stages: int = 0  # backbone stages (of 4) kept fixed; EfficientNet-Lite only
     crop_size: int = 448
     resize_long: tuple[int, int] = (320, 640)  # random resize of the long side (pixels)
     color_jitter: float = 0.3
@@ -107,6 +109,7 @@ class SegConfig:
     output_stride: int = 8
     multi_scale: bool = False  # DeepLab's MSC training (scales 1, 0.75, 0.5 + max fusion)
     freeze_bn: bool = True
+    frozen_stages: int = 0  # backbone stages (of 4) kept fixed; EfficientNet-Lite only
     sync_bn: bool = False
     lr: float = 2.5e-4
     momentum: float = 0.9
