@@ -94,6 +94,8 @@ class ClsConfig:
     backbone: str = "resnet50"  # a key of rca.models.backbones.OUTPUT_STRIDES
     pretrained: str = "imagenet"  # imagenet | none | path to a checkpoint
     output_stride: PositiveInt = 16  # one the backbone supports (checked at load time)
+    freeze_bn: bool = False  # backbone batch norms at their pretrained statistics (IRN)
+    frozen_stages: Annotated[int, Range(0, 4)] = 0  # backbone stages (of 4) kept fixed; EfficientNet-Lite only
     crop_size: PositiveInt = 448
     resize_long: tuple[PositiveInt, PositiveInt] = (320, 640)  # random resize of the long side (pixels)
     color_jitter: NonNegativeFloat = 0.3
@@ -194,6 +196,7 @@ class SegConfig:
     output_stride: PositiveInt = 8  # one the backbone supports (checked at load time)
     multi_scale: bool = False  # DeepLab's MSC training (scales 1, 0.75, 0.5 + max fusion)
     freeze_bn: bool = True
+    frozen_stages: Annotated[int, Range(0, 4)] = 0  # backbone stages (of 4) kept fixed; EfficientNet-Lite only
     sync_bn: bool = False
     lr: PositiveFloat = 2.5e-4
     momentum: Momentum = 0.9

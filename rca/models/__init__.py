@@ -1,6 +1,6 @@
-"""Networks: dense backbones (:mod:`~rca.models.backbones`, :mod:`~rca.models.resnet38`), the CAM
-classifier with RCA heads (:mod:`~rca.models.classifier`) and the DeepLab-v2 segmentation model
-(:mod:`~rca.models.deeplab`).
+"""Networks: dense backbones (:mod:`~rca.models.backbones`, :mod:`~rca.models.resnet38`,
+:mod:`~rca.models.efficientnet`), the CAM classifier with RCA heads
+(:mod:`~rca.models.classifier`) and the DeepLab-v2 segmentation model (:mod:`~rca.models.deeplab`).
 
 Every model keeps its pretrained feature extractor as the submodule ``model.backbone``; all other
 parameters are new layers (trained with a larger learning rate).

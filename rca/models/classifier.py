@@ -26,6 +26,7 @@ from torch import nn
 
 from rca.kmeans import kmeans
 from rca.memory import RegionalMemory
+from rca.models import backbones
 from rca.models.backbones import build_backbone
 
 METHODS = ("rca", "cam")
@@ -368,7 +369,8 @@ def classifier_args(cfg, num_classes: int) -> dict:
         pretrained=cfg.pretrained, method=cfg.method, embed_dim=cfg.embed_dim,
         memory_size=cfg.memory_size, memory_mode=cfg.memory_mode, memory_momentum=cfg.memory_momentum,
         num_centres=cfg.num_centres, aggregation=cfg.aggregation,
-        aggregation_temperature=cfg.aggregation_temperature,
+        aggregation_temperature=cfg.aggregation_temperature, freeze_bn=cfg.freeze_bn,
+        frozen_stages=cfg.frozen_stages,
     )
 
 
@@ -376,14 +378,17 @@ def build_classifier(num_classes: int, backbone: str = "resnet50", output_stride
                      pretrained: str = "none", method: str = "rca", embed_dim: int = 128,
                      memory_size: int = 500, memory_mode: str = "fifo",
                      memory_momentum: float = 0.99, num_centres: int = 10,
-                     aggregation: str = "cosine",
-                     aggregation_temperature: float = 0.1) -> RCAClassifier:
-    """Build an :class:`RCAClassifier` on ``build_backbone(backbone, output_stride, pretrained)``.
+                     aggregation: str = "cosine", aggregation_temperature: float = 0.1,
+                     freeze_bn: bool = False, frozen_stages: int = 0) -> RCAClassifier:
+    """Build an :class:`RCAClassifier` on ``build_backbone(backbone, output_stride, pretrained,
+    frozen_stages)``; with ``freeze_bn`` the backbone's batch norms keep their pretrained
+    statistics (:func:`rca.models.backbones.freeze_bn`; IRN does so for its ResNet-50, which
+    suits the small batches of a CPU). The heads' own batch norm always trains.
 
     Args mirror the ``cls`` section of the config (see :class:`RCAClassifier` for their meaning).
     """
-    return RCAClassifier(build_backbone(backbone, output_stride=output_stride,
-                                        pretrained=pretrained),
+    net = build_backbone(backbone, output_stride=output_stride, pretrained=pretrained, frozen_stages=frozen_stages)
+    return RCAClassifier(backbones.freeze_bn(net) if freeze_bn else net,
                          num_classes, method=method, embed_dim=embed_dim, memory_size=memory_size,
                          memory_mode=memory_mode, memory_momentum=memory_momentum,
                          num_centres=num_centres, aggregation=aggregation,

@@ -154,6 +154,7 @@ def build_deeplab(
     pretrained: str = "none",
     multi_scale: bool = False,
     freeze_bn: bool = True,
+    frozen_stages: int = 0,
     atrous_rates: Sequence[int] = (6, 12, 18, 24),
 ) -> nn.Module:
     """Build DeepLab-v2 (:class:`DeepLabV2`, wrapped in :class:`MSC` when ``multi_scale``).
@@ -164,6 +165,7 @@ def build_deeplab(
         multi_scale: wrap in :class:`MSC` (scales 1, 0.75, 0.5).
         freeze_bn: replace the batch norms by frozen ones (:func:`rca.models.backbones.freeze_bn`),
             DeepLab-v2's default.
+        frozen_stages: backbone stages kept fixed (see :func:`rca.models.backbones.build_backbone`).
         atrous_rates: ASPP dilation rates.
 
     Raises:
@@ -171,7 +173,7 @@ def build_deeplab(
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    model = DeepLabV2(backbones.build_backbone(backbone, output_stride, pretrained), num_classes, atrous_rates)
+    model = DeepLabV2(backbones.build_backbone(backbone, output_stride, pretrained, frozen_stages), num_classes, atrous_rates)
     if freeze_bn:
         backbones.freeze_bn(model)
     return MSC(model) if multi_scale else model
@@ -181,7 +183,8 @@ def deeplab_args(cfg, num_classes: int) -> dict:
     """Keyword arguments of :func:`build_deeplab` from a ``seg`` config section
     (:class:`rca.config.SegConfig`); checkpoints store them as ``model_args``."""
     return dict(num_classes=num_classes, backbone=cfg.backbone, output_stride=cfg.output_stride,
-                pretrained=cfg.pretrained, multi_scale=cfg.multi_scale, freeze_bn=cfg.freeze_bn)
+                pretrained=cfg.pretrained, multi_scale=cfg.multi_scale, freeze_bn=cfg.freeze_bn,
+                frozen_stages=cfg.frozen_stages)
 
 
 def deeplab_param_groups(model: nn.Module, lr: float) -> list[dict]:
