@@ -213,7 +213,7 @@ def main(argv=None) -> int:
     contrast_fn, training_modules = contrast, {}
     if len(contrast.losses):  # never wrap or save an empty one (DDP refuses a module without parameters)
         # memories: every rank already stores all ranks' entries, nothing to broadcast
-        contrast_fn = wrap_ddp(contrast, ctx, broadcast_buffers=False)
+        contrast_fn = wrap_ddp(contrast, ctx, sync_buffers=False)
         groups.append({"params": list(contrast.parameters()), "lr": cfg.lr * 10, "lr_mult": 10})  # new layers
         training_modules = {"contrast": contrast}
     optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

@@ -126,17 +126,17 @@ def all_reduce_sum(tensor: torch.Tensor, keep_local_grad: bool = False) -> torch
 
 
 def wrap_ddp(model: nn.Module, ctx: DistContext, find_unused_parameters: bool = False,
-             broadcast_buffers: bool = True) -> nn.Module:
+             sync_buffers: bool = True) -> nn.Module:
     """``model`` in ``DistributedDataParallel`` when the run has several processes, else as it is.
 
-    ``broadcast_buffers=False`` keeps each rank's buffers (memory banks that every rank already
-    fills identically with all ranks' entries)."""
+    ``sync_buffers=False`` copies rank 0's buffers only when wrapping, not before every forward pass
+    (for memory banks that every rank already fills identically with all ranks' entries)."""
     if not ctx.distributed:
         return model
     device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
                                                find_unused_parameters=find_unused_parameters,
-                                               broadcast_buffers=broadcast_buffers)
+                                               forward_sync_buffers=sync_buffers)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
