@@ -8,12 +8,15 @@
 ``seg.labels: pseudo`` trains on ``DIR/labels/<id>.png`` written by ``gen_labels``; ``seg.labels: gt``
 on the dataset's own masks (the fully supervised benchmarks). Writes
 ``DIR/seg/{last.pt,best.pt,metrics.json,config.yaml,train.log}``, TensorBoard logs in ``DIR/seg/tb``
-and, with ``--eval-only``, the predictions as palette PNGs in ``DIR/seg/predictions/``.
+and, with ``--eval-only``, the predictions as palette PNGs in ``DIR/seg/predictions/`` and image |
+prediction | ground truth panels of the first ones in ``DIR/seg/vis/``.
 
 Training follows DeepLab-v2 (Chen et al., TPAMI 2018, arXiv:1606.00915): SGD with momentum, poly LR
 (power 0.9) over ``seg.iterations``, LR x1 for the backbone, x10 for ASPP weights and x20 for ASPP
 biases, random scale + flip + crop, cross-entropy with 255 ignored on logits upsampled to the crop
-size (summed over the scales and their max fusion with ``seg.multi_scale``). Validation every
+size (summed over the scales and their max fusion with ``seg.multi_scale``), plus the contrastive terms
+of ``seg.contrast.losses`` (:func:`rca.losses.build_contrast`; their heads train at LR x10 and, with
+their memories, are saved in ``last.pt`` only, never in the exported model). Validation every
 ``seg.val_interval`` iterations keeps the best checkpoint by val mIoU; ``--resume`` continues from
 ``last.pt`` exactly, also mid-epoch: each sample's augmentation is drawn from its own seed
 (:class:`rca.engine.seeding.SeededItems`).
@@ -29,22 +32,23 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from rca.config import add_config_args, config_from_args, config_to_dict
 from rca.data import build_dataset
 from rca.data.pseudo import WithPseudoLabels
 from rca.data.transforms import denormalize, eval_transform, train_transform
 from rca.engine.checkpoint import load_checkpoint
-from rca.engine.distributed import cleanup_distributed, init_distributed, wrap_ddp
-from rca.engine.logs import peak_memory_mb, setup_logger
+from rca.engine.distributed import barrier, cleanup_distributed, init_distributed, wrap_ddp
+from rca.engine.logs import TrainingProgress, peak_memory_mb, setup_logger
 from rca.engine.optim import grad_scaler, optimizer_step, poly_scheduler, use_amp
 from rca.engine.run import EXIT_REFUSED, TrainingRun
 from rca.engine.seeding import SeededItems, derive_seed, seed_everything, seeded_indices, worker_init_fn
 from rca.io import save_json
+from rca.losses import build_contrast
 from rca.metrics import format_iou_table
 from rca.models.deeplab import build_deeplab, deeplab_args, deeplab_param_groups
 from rca.segment import evaluate_segmentation, predict_probs, segmentation_loss
+from rca.vis import prediction_panel, write_prediction_panels
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -86,24 +90,29 @@ def protocol(cfg) -> dict:
 
 
 def evaluate(model: nn.Module, val_set, cfg, ctx, prediction_dir=None) -> dict:
-    """Val mIoU of ``model`` (bare, not DDP) under the configured protocol, sharded over the ranks."""
+    """Val mIoU of ``model`` (bare, not DDP) under the configured protocol, sharded over the ranks.
+
+    Leaves ``model`` in eval mode: the caller switches it back to training after any other
+    forward pass on val images (in train mode, batch norm would learn their statistics)."""
     model.eval()
-    result = evaluate_segmentation(model, val_set, cfg.eval_scales, cfg.eval_flip, protocol(cfg)["crf"],
-                                   prediction_dir=prediction_dir, shard=(ctx.rank, ctx.world_size),
-                                   progress=prediction_dir is not None and ctx.is_main)
-    model.train()
-    return result
+    return evaluate_segmentation(model, val_set, cfg.eval_scales, cfg.eval_flip, protocol(cfg)["crf"],
+                                 prediction_dir=prediction_dir, shard=(ctx.rank, ctx.world_size),
+                                 progress=prediction_dir is not None and ctx.is_main)
 
 
+@torch.inference_mode()
 def log_predictions(writer, model: nn.Module, dataset, iteration: int, count: int = 4) -> None:
-    """TensorBoard panels (image | prediction | ground truth) for the first ``count`` val images."""
+    """TensorBoard :func:`rca.vis.prediction_panel` rows for the first ``count`` val images.
+
+    ``model`` must be in eval mode (raises ``RuntimeError`` otherwise: a train-mode forward pass
+    would update batch-norm statistics with val images)."""
+    if model.training:
+        raise RuntimeError("log_predictions needs the model in eval mode (batch norm would learn val images)")
     for index in range(min(count, len(dataset))):
         item = dataset[index]
         probs = predict_probs(model, item["image"])
-        colour = lambda label: dataset.palette[label.clip(0, 255)]  # noqa: E731  (H, W) -> (H, W, 3)
-        panel = np.concatenate(
-            [denormalize(item["image"]), colour(probs.argmax(0).cpu().numpy()), colour(np.asarray(item["mask"]))], axis=1
-        )
+        panel = prediction_panel(denormalize(item["image"]), probs.argmax(0).cpu().numpy(), np.asarray(item["mask"]),
+                                 dataset.palette)
         writer.add_image(f"seg/val_{item['id']}", panel, iteration, dataformats="HWC")
 
 
@@ -122,8 +131,9 @@ def build_train_set(config, work_dir):
     raise ValueError(f"seg.labels must be 'pseudo' or 'gt', got {cfg.labels!r}")
 
 
-def eval_only(args, cfg, val_set, out_dir, ctx) -> int:
-    """``--eval-only``: score a checkpoint on the val split and write its predictions."""
+def eval_only(args, config, val_set, out_dir, ctx) -> int:
+    """``--eval-only``: score a checkpoint on the val split, write its predictions and panels of the first."""
+    cfg, data = config.seg, config.data
     checkpoint_path = args.checkpoint or out_dir / "best.pt"
     checkpoint = load_checkpoint(checkpoint_path)
     model = build_deeplab(**checkpoint["model_args"]).to(ctx.device)
@@ -133,27 +143,42 @@ def eval_only(args, cfg, val_set, out_dir, ctx) -> int:
     if ctx.is_main:
         save_json(out_dir / "eval_metrics.json",
                   {**result, "protocol": protocol(cfg), "checkpoint": str(checkpoint_path)})
+    barrier()  # every rank's predictions are written
+    if ctx.is_main:
+        raw_val = build_dataset(data.name, data.root, data.val_split, **data.options)
+        write_prediction_panels(raw_val, out_dir / "predictions", out_dir / "vis")
     return 0
 
 
-def train_one_interval(model, stream, optimizer, scheduler, scaler, run: TrainingRun, cfg, ctx, writer,
-                       progress) -> dict:
-    """Train up to the next validation point (``seg.val_interval``) or the end; returns the record."""
+def train_one_interval(model, contrast, contrast_fn, stream, optimizer, scheduler, scaler, run: TrainingRun, cfg,
+                       ctx, writer, progress: TrainingProgress) -> dict:
+    """Train up to the next validation point (``seg.val_interval``) or the end; returns the record.
+
+    ``contrast`` is the bare :class:`rca.losses.ContrastLoss`, ``contrast_fn`` the module to call (its
+    DDP wrapper under DDP). The record holds the mean total loss (``train_loss``) and the mean of each
+    weighted contrastive term (``train_<name>``) over the interval.
+    """
     amp = use_amp(cfg.amp, ctx.device)
-    start, loss_sum, steps, iteration = time.perf_counter(), 0.0, 0, run.done
+    start, sums, steps, iteration = time.perf_counter(), {}, 0, run.done
     while steps == 0 or (iteration % cfg.val_interval and iteration < cfg.iterations):
         batch = next(stream)
         images = batch["image"].to(ctx.device, non_blocking=True)
         masks = batch["mask"].to(ctx.device, non_blocking=True)
         with torch.autocast(ctx.device.type, enabled=amp):
-            loss = segmentation_loss(model(images), masks)
+            outputs = model(images, return_stages=contrast.needs_stages)
+            terms = contrast_fn(outputs, masks, iteration) if len(contrast.losses) else {}
+            loss = segmentation_loss(outputs, masks) + sum(terms.values())
         optimizer_step(loss, optimizer, scheduler, scaler)
-        iteration, steps, loss_sum = iteration + 1, steps + 1, loss_sum + loss.item()
-        progress.update()
+        values = {"loss": loss, **terms}  # one device sync for all of them:
+        values = dict(zip(values, torch.stack([v.detach().float() for v in values.values()]).tolist()))
+        iteration, steps = iteration + 1, steps + 1
+        sums = {name: sums.get(name, 0.0) + value for name, value in values.items()}
+        progress.step(values, optimizer.param_groups[0]["lr"])
         if writer is not None and iteration % cfg.log_interval == 0:
-            writer.add_scalar("seg/loss", loss.item(), iteration)
+            for name, value in values.items():
+                writer.add_scalar(f"seg/{name}", value, iteration)
             writer.add_scalar("seg/lr", optimizer.param_groups[0]["lr"], iteration)
-    return {"iteration": iteration, "train_loss": loss_sum / steps,
+    return {"iteration": iteration, **{f"train_{name}": total / steps for name, total in sums.items()},
             "s_per_iter": (time.perf_counter() - start) / steps, "peak_memory_mb": peak_memory_mb(ctx.device)}
 
 
@@ -171,7 +196,7 @@ def main(argv=None) -> int:
         if not val_set.has_masks:
             raise ValueError(f"data.val_split={data.val_split!r} has no masks to evaluate against")
     if args.eval_only:
-        return eval_only(args, cfg, val_set, out_dir, ctx)
+        return eval_only(args, config, val_set, out_dir, ctx)
     run = TrainingRun(out_dir, cfg.iterations, "iterations", "val_miou", log)
     if (exit_code := run.check(args.resume, args.overwrite)) is not None:
         return exit_code
@@ -183,33 +208,44 @@ def main(argv=None) -> int:
     if ctx.distributed and cfg.sync_bn and not cfg.freeze_bn:
         raw_model = nn.SyncBatchNorm.convert_sync_batchnorm(raw_model)
     model = wrap_ddp(raw_model, ctx)
-    optimizer = torch.optim.SGD(deeplab_param_groups(raw_model, cfg.lr), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
+    contrast = build_contrast(cfg.contrast, train_set.num_classes, raw_model.backbone, len(train_set)).to(ctx.device)
+    groups = deeplab_param_groups(raw_model, cfg.lr)
+    contrast_fn, training_modules = contrast, {}
+    if len(contrast.losses):  # never wrap or save an empty one (DDP refuses a module without parameters)
+        # memories: every rank already stores all ranks' entries, nothing to broadcast
+        contrast_fn = wrap_ddp(contrast, ctx, sync_buffers=False)
+        groups.append({"params": list(contrast.parameters()), "lr": cfg.lr * 10, "lr_mult": 10})  # new layers
+        training_modules = {"contrast": contrast}
+    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = poly_scheduler(optimizer, cfg.iterations)
     scaler = grad_scaler(cfg.amp, ctx.device)
-    if not run.restore(raw_model, optimizer, scheduler, scaler, "seg.iterations"):
+    if not run.restore(raw_model, optimizer, scheduler, scaler, "seg.iterations", training_modules):
         return EXIT_REFUSED
 
     writer = run.open_outputs(config, ctx.is_main)
-    log.info("%d training images (%s labels), %d iterations, batch %d x %d, device %s",
-             len(train_set), cfg.labels, cfg.iterations, cfg.batch_size, ctx.world_size, ctx.device)
+    log.info("%d training images (%s labels), %d iterations, batch %d x %d, device %s, contrast %s",
+             len(train_set), cfg.labels, cfg.iterations, cfg.batch_size, ctx.world_size, ctx.device,
+             list(cfg.contrast.losses) or "none")
     stream = batches(train_set, cfg, data.num_workers, config.seed, ctx, run.done)
-    progress = tqdm(total=cfg.iterations, initial=run.done, disable=not ctx.is_main, desc="train_seg")
     model.train()
-    while run.done < cfg.iterations:
-        record = train_one_interval(model, stream, optimizer, scheduler, scaler, run, cfg, ctx, writer, progress)
-        if val_set is not None:
-            result = evaluate(raw_model, val_set, cfg, ctx)
-            record.update(val_miou=result["miou"], val_iou=result["iou_by_name"])
-            if writer is not None:
-                writer.add_scalar("seg/val_miou", result["miou"], record["iteration"])
-                log_predictions(writer, raw_model, val_set, record["iteration"])
-        improved = run.add(record, done=record["iteration"])
-        log.info("iteration %d: loss %.4f, %.3f s/iter%s", record["iteration"], record["train_loss"],
-                 record["s_per_iter"], f", val mIoU {record['val_miou']:.2f}" if "val_miou" in record else "")
-        if ctx.is_main:
-            save_run(run, raw_model, model_args, train_set, config, improved, optimizer, scheduler, scaler)
-    progress.close()
+    with TrainingProgress(log, cfg.iterations, run.done, cfg.log_interval, ctx.device, "train_seg",
+                          ctx.is_main) as progress:
+        while run.done < cfg.iterations:
+            record = train_one_interval(model, contrast, contrast_fn, stream, optimizer, scheduler, scaler, run, cfg,
+                                        ctx, writer, progress)
+            if val_set is not None:
+                result = evaluate(raw_model, val_set, cfg, ctx)
+                record.update(val_miou=result["miou"], val_iou=result["iou_by_name"])
+                if writer is not None:
+                    writer.add_scalar("seg/val_miou", result["miou"], record["iteration"])
+                    log_predictions(writer, raw_model, val_set, record["iteration"])
+                model.train()
+            improved = run.add(record, done=record["iteration"])
+            log.info("iteration %d: loss %.4f, %.3f s/iter%s", record["iteration"], record["train_loss"],
+                     record["s_per_iter"], f", val mIoU {record['val_miou']:.2f}" if "val_miou" in record else "")
+            if ctx.is_main:
+                save_run(run, raw_model, model_args, train_set, config, improved, optimizer, scheduler, scaler,
+                         training_modules)
     if writer is not None:
         writer.close()
     cleanup_distributed()
@@ -217,12 +253,13 @@ def main(argv=None) -> int:
 
 
 def save_run(run: TrainingRun, model, model_args: dict, train_set, config, improved: bool, optimizer, scheduler,
-             scaler) -> None:
-    """``last.pt`` / ``best.pt`` (with what ``infer.py`` needs: architecture, class names, palette) and metrics."""
+             scaler, training_modules: dict) -> None:
+    """``last.pt`` / ``best.pt`` (with what ``infer.py`` needs: architecture, class names, palette) and metrics;
+    ``training_modules`` (the contrastive heads and memories) go into ``last.pt`` only."""
     state = {"model": model.state_dict(), "model_args": {**model_args, "pretrained": "none"},
              "class_names": train_set.class_names, "palette": train_set.palette, "iteration": run.done,
              "config": config_to_dict(config)}
-    run.save(state, improved, optimizer, scheduler, scaler)
+    run.save(state, improved, optimizer, scheduler, scaler, training_modules)
     best = run.best_record()
     save_json(run.out_dir / "metrics.json", {
         "labels": config.seg.labels, "iterations_done": run.done, "iterations": config.seg.iterations,

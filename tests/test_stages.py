@@ -470,12 +470,25 @@ def test_one_training_step_lowers_the_segmentation_loss():
         assert segmentation_loss(model(images), masks) < loss.detach()
 
 
-def test_train_seg_checkpoint_lr_and_resume(pipeline, mini_config, tmp_path, monkeypatch):
+# the contrastive losses on true masks, shrunk (small heads and memories, few anchors)
+SEG_CONTRAST = ["--set", "seg.labels=gt", "--set", "seg.contrast.losses=[pixel,pixel_memory,region,contextrast]",
+                "--set", "seg.contrast.dim=8", "--set", "seg.contrast.pixel.memory_size=16",
+                "--set", "seg.contrast.pixel.max_samples=64", "--set", "seg.contrast.pixel.max_views=8"]
+
+
+@pytest.mark.parametrize("extra", [[], SEG_CONTRAST], ids=["ce", "contrast"])
+def test_train_seg_checkpoint_lr_and_resume(pipeline, mini_config, tmp_path, monkeypatch, extra):
     """Crash at the first checkpoint (iteration 2 of 4, mid-epoch: an epoch has 4 batches): its LRs are
     the poly LRs of t = 2; a resume with another seg.iterations is refused; ``--resume`` finishes the
-    run with the final weights and losses of the uninterrupted run (per-sample seeded augmentation)."""
+    run with the final weights and losses of the uninterrupted run (per-sample seeded augmentation).
+    With the contrastive losses, the uninterrupted run is made here and the heads and memories are
+    resumed too (``last.pt["contrast"]``)."""
     shutil.copytree(pipeline[0] / "labels", tmp_path / "labels")
-    args = ["--config", str(mini_config), "--work-dir", str(tmp_path), "--device", "cpu"]
+    args = ["--config", str(mini_config), "--work-dir", str(tmp_path), "--device", "cpu", *extra]
+    straight_dir = pipeline[0]
+    if extra:
+        straight_dir = tmp_path / "straight"
+        assert train_seg.main([*args[:3], str(straight_dir), *args[4:]]) == 0
     _interrupt_after_first_checkpoint(monkeypatch, train_seg)
     with pytest.raises(Interrupted):
         train_seg.main(args)
@@ -493,12 +506,13 @@ def test_train_seg_checkpoint_lr_and_resume(pipeline, mini_config, tmp_path, mon
     assert last.stat().st_mtime_ns == mtime
     assert train_seg.main(args + ["--resume"]) == 0
     final = load_checkpoint(last)
-    straight = load_checkpoint(pipeline[0] / "seg" / "last.pt")
+    straight = load_checkpoint(straight_dir / "seg" / "last.pt")
     assert final["iteration"] == 4 and [r["iteration"] for r in final["history"]] == [2, 4]
     assert [r["train_loss"] for r in final["history"]] == [r["train_loss"] for r in straight["history"]]
     assert final["model"].keys() == straight["model"].keys()
-    for name, tensor in straight["model"].items():  # batch-norm statistics included
-        assert torch.equal(final["model"][name], tensor), name
+    for part in ("model", "contrast") if extra else ("model",):
+        for name, tensor in straight[part].items():  # batch-norm statistics and memory banks included
+            assert torch.equal(final[part][name], tensor), f"{part}.{name}"
     assert all(group["lr"] == 0 for group in final["optimizer"]["param_groups"])
 
 
@@ -517,6 +531,10 @@ def test_train_seg_eval_only_writes_predictions_and_their_miou(pipeline, mini_co
     assert result["protocol"] == {"scales": [1.0], "flip": False, "crf": None}
     # the checkpoint's own validation scored the same predictions
     assert result["miou"] == pytest.approx(load_checkpoint(checkpoint)["best_score"], abs=1e-9)
+    # panels (image | overlay | prediction | ground truth) of the first 8 predictions
+    assert sorted(p.stem for p in (tmp_path / "seg" / "vis").glob("*.png")) == sorted(dataset.ids[:8])
+    with Image.open(tmp_path / "seg" / "vis" / f"{dataset.ids[0]}.png") as panel:
+        assert (panel.height, panel.width) == (IMAGE_SIZE, 4 * IMAGE_SIZE + 3 * 4)
 
 
 # ---- stages/infer.py ----------------------------------------------------------------------------
@@ -599,3 +617,58 @@ def test_voc_protocol_labels_the_training_split_and_scores_its_subset(voc_pipeli
     seg = json.loads((work_dir / "seg" / "metrics.json").read_text())
     assert seg["iterations_done"] == 4 and seg["best_val_miou"] is not None
     assert "labels for train_aug, scored on train" in stdout
+
+
+# ---- stages/train_seg.py: contrastive losses, validation side effects, eval-only panels ------------
+def _scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """``{tag: [(step, value), ...]}`` of the TensorBoard scalars under ``tb_dir``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tb_dir))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_train_seg_with_contrast_logs_each_term_and_exports_deeplab_only(mini_config, tmp_path):
+    """seg.contrast.losses on true masks: every term is logged (TensorBoard ``seg/<name>`` each
+    iteration, the interval means in metrics.json), the heads and memories train (LR x10 group) and
+    are saved in last.pt only; best.pt's model is the DeepLab state of a run without them."""
+    args = ["--config", str(mini_config), "--work-dir", str(tmp_path), "--device", "cpu", *SEG_CONTRAST]
+    assert train_seg.main(args) == 0
+    names = ["pixel", "pixel_memory", "region", "contextrast"]
+    history = json.loads((tmp_path / "seg" / "metrics.json").read_text())["history"]
+    assert [r["iteration"] for r in history] == [2, 4]
+    for record in history:
+        assert all(np.isfinite(record[f"train_{name}"]) for name in names)
+        assert record["train_loss"] > sum(record[f"train_{name}"] for name in names)  # + cross-entropy
+    scalars = _scalars(tmp_path / "seg" / "tb")
+    for name in ["loss", *names]:
+        assert [step for step, _ in scalars[f"seg/{name}"]] == [1, 2, 3, 4], name
+    for name in names:  # the record is the mean of the logged iterations
+        logged = [value for _, value in scalars[f"seg/{name}"]]
+        assert history[0][f"train_{name}"] == pytest.approx(np.mean(logged[:2]), rel=1e-5)
+    assert all(value != 0 for _, value in scalars["seg/region"][1:])  # memory filled after step 1
+
+    best, last = (load_checkpoint(tmp_path / "seg" / name) for name in ("best.pt", "last.pt"))
+    plain = build_deeplab(**best["model_args"]).state_dict()
+    assert best["model"].keys() == plain.keys() and "contrast" not in best
+    assert last["model"].keys() == plain.keys()
+    heads = last["contrast"]
+    assert any(key.startswith("losses.contextrast.heads.") for key in heads)
+    assert heads["losses.region.memory.filled"].sum() > 0 and heads["losses.pixel_memory.pixel_memory.filled"].sum() > 0
+    assert [g["lr_mult"] for g in last["optimizer"]["param_groups"]] == [1, 10, 20, 10]
+
+
+def test_train_seg_history_matches_eval_only_of_best(mini_config, tmp_path):
+    """The val mIoU the history records for the best iteration is the score of best.pt itself: validation
+    and its TensorBoard prediction panels run in eval mode, so batch norm (trained: freeze_bn false)
+    never learns val images between the score and the checkpoint."""
+    args = ["--config", str(mini_config), "--work-dir", str(tmp_path), "--device", "cpu", "--set", "seg.labels=gt",
+            "--set", "seg.iterations=6", "--set", "seg.val_interval=3"]
+    assert train_seg.main(args) == 0
+    metrics = json.loads((tmp_path / "seg" / "metrics.json").read_text())
+    assert train_seg.main(args + ["--eval-only"]) == 0
+    result = json.loads((tmp_path / "seg" / "eval_metrics.json").read_text())
+    assert result["miou"] == pytest.approx(metrics["best_val_miou"], abs=1e-9)
+    assert result["iou_by_name"] == pytest.approx(metrics["iou_by_class"], abs=1e-9)
+

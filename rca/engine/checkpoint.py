@@ -50,11 +50,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_training_state(out_dir: str | Path, state: dict[str, Any], improved: bool,
-                        optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any) -> None:
+                        optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+                        training_modules: dict[str, torch.nn.Module] | None = None) -> None:
     """Write ``out_dir/best.pt`` (``state``, only when ``improved``) and ``out_dir/last.pt``.
 
     ``last.pt`` adds what :func:`restore_training_state` needs to continue exactly: the
-    optimizer, LR scheduler and AMP grad-scaler states and the global RNG states.
+    optimizer, LR scheduler and AMP grad-scaler states, the global RNG states and the state dict of
+    each of ``training_modules`` (``{key: module}``: modules only training uses, such as loss heads
+    and memory banks, kept out of ``best.pt``).
     """
     out_dir = Path(out_dir)
     if improved:
@@ -62,16 +65,24 @@ def save_training_state(out_dir: str | Path, state: dict[str, Any], improved: bo
     save_checkpoint(out_dir / "last.pt", {
         **state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(), "rng": rng_state(),
+        **{key: module.state_dict() for key, module in (training_modules or {}).items()},
     })
 
 
 def restore_training_state(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                           scheduler: Any, scaler: Any) -> None:
+                           scheduler: Any, scaler: Any,
+                           training_modules: dict[str, torch.nn.Module] | None = None) -> None:
     """Load a ``last.pt`` written by :func:`save_training_state` into the live training objects.
 
-    ``model`` is the unwrapped module (not the DDP wrapper). Also restores the global RNG states.
+    ``model`` (and each of ``training_modules``) is the unwrapped module (not the DDP wrapper).
+    Also restores the global RNG states.
+
+    Raises:
+        KeyError: a key of ``training_modules`` is missing from ``state`` (saved without it).
     """
     model.load_state_dict(state["model"])
+    for key, module in (training_modules or {}).items():
+        module.load_state_dict(state[key])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])

@@ -125,13 +125,18 @@ def all_reduce_sum(tensor: torch.Tensor, keep_local_grad: bool = False) -> torch
     return tensor + (total - tensor.detach()) if keep_local_grad else total
 
 
-def wrap_ddp(model: nn.Module, ctx: DistContext, find_unused_parameters: bool = False) -> nn.Module:
-    """``model`` in ``DistributedDataParallel`` when the run has several processes, else as it is."""
+def wrap_ddp(model: nn.Module, ctx: DistContext, find_unused_parameters: bool = False,
+             sync_buffers: bool = True) -> nn.Module:
+    """``model`` in ``DistributedDataParallel`` when the run has several processes, else as it is.
+
+    ``sync_buffers=False`` copies rank 0's buffers only when wrapping, not before every forward pass
+    (for memory banks that every rank already fills identically with all ranks' entries)."""
     if not ctx.distributed:
         return model
     device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
-                                               find_unused_parameters=find_unused_parameters)
+                                               find_unused_parameters=find_unused_parameters,
+                                               forward_sync_buffers=sync_buffers)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -73,12 +73,14 @@ class TrainingRun:
         self._unfinished = state
         return None
 
-    def restore(self, model: torch.nn.Module, optimizer, scheduler, scaler, schedule_keys: str) -> bool:
+    def restore(self, model: torch.nn.Module, optimizer, scheduler, scaler, schedule_keys: str,
+                training_modules: dict[str, torch.nn.Module] | None = None) -> bool:
         """Load the unfinished run found by :meth:`check` (if any) into the live training objects.
 
         Args:
             model: the bare model (not the DDP wrapper).
             schedule_keys: the config keys that set the schedule length, named in the refusal.
+            training_modules: ``{key: module}`` saved by :meth:`save` into ``last.pt`` only.
 
         Returns:
             False (and logs why) when the saved LR schedule has another length than ``scheduler``'s.
@@ -92,7 +94,7 @@ class TrainingRun:
                            "resume with the same values or pass --overwrite", self.last_path, saved_total,
                            scheduler.total_iters, schedule_keys)
             return False
-        restore_training_state(state, model, optimizer, scheduler, scaler)
+        restore_training_state(state, model, optimizer, scheduler, scaler, training_modules)
         self.done, self.best_score, self.history = state["done"], state["best_score"], state["history"]
         self.log.info("resumed from %s after %d %s", self.last_path, self.done, self.unit)
         return True
@@ -119,7 +121,9 @@ class TrainingRun:
         """The history record with the best ``score_key`` (the first one without validation)."""
         return max(self.history, key=lambda r: r.get(self.score_key, -1))
 
-    def save(self, state: dict[str, Any], improved: bool, optimizer, scheduler, scaler) -> None:
-        """Write ``last.pt`` (and ``best.pt`` when ``improved``): ``state`` plus the bookkeeping."""
+    def save(self, state: dict[str, Any], improved: bool, optimizer, scheduler, scaler,
+             training_modules: dict[str, torch.nn.Module] | None = None) -> None:
+        """Write ``last.pt`` (and ``best.pt`` when ``improved``): ``state`` plus the bookkeeping;
+        ``training_modules`` (``{key: module}``, e.g. loss heads) go into ``last.pt`` only."""
         state = {**state, "done": self.done, "best_score": self.best_score, "history": self.history}
-        save_training_state(self.out_dir, state, improved, optimizer, scheduler, scaler)
+        save_training_state(self.out_dir, state, improved, optimizer, scheduler, scaler, training_modules)
