@@ -143,15 +143,22 @@ def test_run_all_runs_every_stage_and_prints_the_summary(pipeline):
                        ("segmentation val mIoU", seg["best_val_miou"])]:
         line = next(line for line in summary.splitlines() if row in line)
         assert f"{value:6.2f}" in line
+    # and the report of the run, with gen_labels' sample panels
+    assert f"report: {work_dir / 'report.html'}" in summary and (work_dir / "report.md").is_file()
+    assert len(list((work_dir / "vis").glob("*.png"))) == 8
+    assert "vis/" in (work_dir / "report.md").read_text()
 
 
 def test_run_all_second_run_skips_everything(pipeline, mini_config):
     work_dir = pipeline[0]
-    before = _mtimes(work_dir)
+    def outputs():  # the stages' outputs; summary.py redraws the report's charts each time
+        return {name: mtime for name, mtime in _mtimes(work_dir).items() if not name.startswith("report/")}
+
+    before = outputs()
     result = _run_all(mini_config, work_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "is finished" in result.stdout and "=== summary" in result.stdout
-    assert _mtimes(work_dir) == before
+    assert outputs() == before
 
 
 # ---- stages/train_cls.py -------------------------------------------------------------------------
@@ -205,6 +212,20 @@ def test_train_cls_skips_a_finished_run(pipeline, mini_config):
     work_dir = pipeline[0]
     before = _mtimes(work_dir / "cls")
     assert train_cls.main(_cls_args(mini_config, work_dir)) == 0
+    assert _mtimes(work_dir / "cls") == before
+
+
+def test_train_cls_refuses_outputs_of_other_settings(pipeline, mini_config, capsys):
+    """A finished run rerun with another cls.lr is refused naming the key (exit 2, nothing written);
+    another data.num_workers changes no output, so the run is still just finished."""
+    work_dir = pipeline[0]
+    before = _mtimes(work_dir / "cls")
+    capsys.readouterr()
+    assert train_cls.main(_cls_args(mini_config, work_dir, "--set", "cls.lr=0.5")) == 2
+    refusal = capsys.readouterr().out
+    assert f"cls.lr: {load_config(mini_config).cls.lr} -> 0.5" in refusal and "--overwrite" in refusal and "Traceback" not in refusal
+    assert train_cls.main(_cls_args(mini_config, work_dir, "--set", "data.num_workers=1")) == 0
+    assert "is finished" in capsys.readouterr().out
     assert _mtimes(work_dir / "cls") == before
 
 
@@ -339,6 +360,19 @@ def test_gen_labels_second_run_writes_nothing(labels_run):
     work_dir, args, _ = labels_run
     before = _mtimes(work_dir)
     assert gen_labels.main(args) == 0
+    assert _mtimes(work_dir) == before
+
+
+def test_gen_labels_refuses_outputs_of_other_settings(labels_run, capsys):
+    """Another labels.bg_threshold is refused naming the key (exit 2, nothing written); other worker
+    counts (--workers, data.num_workers) change no output and skip everything."""
+    work_dir, args, _ = labels_run
+    before = _mtimes(work_dir)
+    capsys.readouterr()
+    assert gen_labels.main([*args, "--set", "labels.bg_threshold=0.5"]) == 2
+    refusal = capsys.readouterr().out
+    assert "labels.bg_threshold:" in refusal and "-> 0.5" in refusal and "--overwrite" in refusal
+    assert gen_labels.main([*args, "--workers", "2", "--set", "data.num_workers=1"]) == 0
     assert _mtimes(work_dir) == before
 
 
