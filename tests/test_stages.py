@@ -250,6 +250,14 @@ def test_train_cls_writes_metrics_and_the_resolved_config(pipeline, mini_config)
     filled = load_checkpoint(out / "last.pt")["model"]["memory.filled"]  # the memory fill is logged as it is
     assert metrics["history"][-1]["memory_entries"] == int(filled.sum())
     assert metrics["history"][-1]["memory_classes"] == int((filled > 0).sum())
+    # aggregation attends to centres from epoch 1 on (epoch 0 starts from an empty bank)
+    first, last = metrics["history"]
+    assert "attention_entropy" not in first
+    valid = load_checkpoint(out / "last.pt")["model"]["centre_valid"]  # the centres epoch 1 trained with
+    assert last["attention_centres"] == int(valid.sum()) > 1
+    assert 0 < last["attention_entropy_ratio"] <= 1 and 1 / last["attention_centres"] <= last["attention_max_weight"] <= 1
+    assert last["attention_entropy_ratio"] == pytest.approx(last["attention_entropy"] / np.log(last["attention_centres"]))
+    assert "attention entropy" in (out / "train.log").read_text()
 
     # best.pt is the best epoch, and its val mAP is the one reported (recomputed here)
     best = load_checkpoint(out / "best.pt")
