@@ -19,7 +19,8 @@ def region_contrast_loss(outputs: dict, memory, cfg) -> torch.Tensor:
 
     Args:
         outputs: :meth:`rca.models.classifier.RCAClassifier.forward` called with tags
-            (``region_embeddings`` ``(N, D)``, ``region_labels`` ``(N,)``).
+            (``region_embeddings`` ``(N, D)``, ``region_labels`` ``(N,)``, ``region_images``
+            ``(N,)``: the mix-up pairs regions of different images only).
         memory: the :class:`rca.memory.RegionalMemory` (its filled entries are the contrast set).
         cfg: the ``cls`` config section: ``region_mixup`` picks the mix-up variant, ``temperature``
             the InfoNCE temperature.
@@ -27,8 +28,11 @@ def region_contrast_loss(outputs: dict, memory, cfg) -> torch.Tensor:
     Returns:
         Scalar float tensor.
     """
-    loss = mixed_semantic_contrast_loss if cfg.region_mixup else semantic_contrast_loss
-    return loss(outputs["region_embeddings"].float(), outputs["region_labels"], *memory.keys(), cfg.temperature)
+    embeddings, labels = outputs["region_embeddings"].float(), outputs["region_labels"]
+    if cfg.region_mixup:
+        return mixed_semantic_contrast_loss(embeddings, labels, *memory.keys(), cfg.temperature,
+                                            image_index=outputs["region_images"])
+    return semantic_contrast_loss(embeddings, labels, *memory.keys(), cfg.temperature)
 
 
 @torch.inference_mode()

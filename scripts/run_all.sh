@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole pipeline: train_cls -> gen_labels -> train_seg, then one summary table.
+# The whole pipeline: train_cls -> gen_labels (with 8 sample panels) -> train_seg, then the summary
+# table and the report (DIR/report.html, DIR/report.md).
 #
 #   bash scripts/run_all.sh [CONFIG] [--set key=value ...] [--work-dir DIR]
 #
@@ -29,6 +30,6 @@ run_stage() {
 }
 
 run_stage train_cls stages/train_cls.py "${common[@]}" --resume
-run_stage gen_labels stages/gen_labels.py "${common[@]}" --workers "${GEN_LABELS_WORKERS:-2}"
+run_stage gen_labels stages/gen_labels.py "${common[@]}" --workers "${GEN_LABELS_WORKERS:-2}" --vis 8
 run_stage train_seg stages/train_seg.py "${common[@]}" --resume
 run_stage summary scripts/summary.py "${common[@]}"

@@ -16,8 +16,9 @@ network trains on: VOC ``train_aug``), writes
   ``labels.bg_threshold``, strict / lenient pseudo-label mIoU, an oracle threshold curve), plus the
   CAM / CRF throughput in images/s.
 
-Existing outputs are skipped (``--overwrite`` redoes them), every file is written atomically, and
-``--shard i/n`` processes images ``i, i+n, ...`` so that n machines or GPUs can share a split;
+Existing outputs (panels included) are skipped (``--overwrite`` redoes them); outputs made with
+other settings are refused (``DIR/labels/fingerprint.json``, :mod:`rca.engine.fingerprint`). Every
+file is written atomically, and ``--shard i/n`` processes images ``i, i+n, ...`` so that n machines or GPUs can share a split;
 scoring runs once all labels of the split exist.
 """
 
@@ -36,8 +37,10 @@ from rca.config import add_config_args, config_from_args, save_config
 from rca.data import build_dataset
 from rca.data.transforms import eval_transform
 from rca.engine.checkpoint import load_checkpoint
+from rca.engine.fingerprint import StaleOutputsError, check_fingerprint
 from rca.engine.logs import setup_logger, tensorboard_writer
 from rca.engine.pool import WorkerPool
+from rca.engine.run import EXIT_REFUSED
 from rca.io import load_label_png, save_json, save_rgb_png
 from rca.labelling import LabelJob, compute_cams, format_report, label_rule, load_cams, save_cams, summarise_scores
 from rca.models.classifier import build_classifier
@@ -143,13 +146,20 @@ def main(argv=None) -> int:
     config, work_dir = config_from_args(args)
     shard_index, shard_count = parse_shard(args.shard)
     log = setup_logger("gen_labels", work_dir / "labels" / "gen_labels.log", True)
+    try:
+        check_fingerprint(work_dir / "labels", config, "labels", overwrite=args.overwrite)
+    except StaleOutputsError as error:
+        log.error("%s", error)
+        return EXIT_REFUSED
     save_config(config, work_dir / "labels" / "config.yaml")
     job = build_job(config, work_dir)
     indices = list(range(shard_index, len(job.label_set), shard_count))
     with WorkerPool(job, args.workers) as pool:
         timing = make_labels(job, pool, indices, args, config, work_dir, log)
-        if args.vis:
-            write_panels(job.label_set, indices[: args.vis], job.cam_dir, job.label_dir, work_dir / "vis")
+        ids, vis_dir = job.label_set.ids, work_dir / "vis"
+        panels = [i for i in indices[: args.vis] if args.overwrite or not (vis_dir / f"{ids[i]}.png").is_file()]
+        if panels:
+            write_panels(job.label_set, panels, job.cam_dir, job.label_dir, vis_dir)
         if not job.score_set.has_masks:
             log.info("split %r has no masks: nothing to score", score_split(config.data))
             return 0

@@ -20,7 +20,10 @@ Writes ``DIR/cls/{last.pt,best.pt,metrics.json,config.yaml,train.log}`` and Tens
 ``method: cam`` trains the plain CAM classifier with the same loop. Validation (when the config
 names a val split) is tag-prediction mAP over classes, in percent; ``best.pt`` keeps the epoch with
 the best val mAP. The saved centres are the ones the epoch trained with. ``--resume`` continues from
-``last.pt`` exactly: every epoch's randomness is derived from (seed, epoch, rank).
+``last.pt`` exactly: every epoch's randomness is derived from (seed, epoch, rank). A ``DIR/cls``
+made with other settings is refused, naming the changed keys (``fingerprint.json``,
+:mod:`rca.engine.fingerprint`). The per-epoch record also holds the mean
+:func:`rca.models.classifier.attention_statistics` of the epoch's steps (once there are centres).
 """
 
 from __future__ import annotations
@@ -38,12 +41,13 @@ from rca.config import add_config_args, config_from_args, config_to_dict
 from rca.data import build_dataset
 from rca.data.transforms import eval_transform, train_transform
 from rca.engine.distributed import cleanup_distributed, init_distributed, wrap_ddp
+from rca.engine.fingerprint import StaleOutputsError, check_fingerprint
 from rca.engine.logs import peak_memory_mb, setup_logger
 from rca.engine.optim import grad_scaler, optimizer_step, poly_scheduler, use_amp
 from rca.engine.run import EXIT_REFUSED, TrainingRun
 from rca.engine.seeding import seed_epoch, seed_everything, worker_init_fn
 from rca.io import save_json
-from rca.models.classifier import build_classifier, classifier_args, rca_classification_loss
+from rca.models.classifier import attention_statistics, build_classifier, classifier_args, rca_classification_loss
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -70,11 +74,13 @@ def build_optimizer(model, cfg) -> torch.optim.SGD:
 
 
 def train_one_epoch(model, raw_model, loader, optimizer, scheduler, scaler, epoch: int, cfg, ctx, writer) -> dict:
-    """One pass over ``loader``; returns the epoch's mean losses and seconds per iteration."""
+    """One pass over ``loader``; returns the epoch's mean losses, seconds per iteration and mean
+    :func:`rca.models.classifier.attention_statistics` (over the steps that had centres)."""
     iters_per_epoch = len(loader)
     amp = use_amp(cfg.amp, ctx.device)
     use_contrast = cfg.method == "rca" and epoch >= cfg.contrast_warmup_epochs
     sums = {"loss": 0.0, "cls": 0.0, "contrast": 0.0}
+    attention_sums, attention_steps = {}, 0
     start = time.perf_counter()
     for step, batch in enumerate(tqdm(loader, desc=f"epoch {epoch}", disable=not ctx.is_main, leave=False)):
         images = batch["image"].to(ctx.device, non_blocking=True)
@@ -93,6 +99,10 @@ def train_one_epoch(model, raw_model, loader, optimizer, scheduler, scaler, epoc
         losses = {"loss": loss.item(), "cls": loss_cls.item(), "contrast": loss_con.item()}
         for key, value in losses.items():
             sums[key] += value
+        if stats := attention_statistics(outputs.get("attention")):
+            attention_steps += 1
+            for key, value in stats.items():
+                attention_sums[key] = attention_sums.get(key, 0.0) + value
         global_step = epoch * iters_per_epoch + step
         if writer is not None and global_step % cfg.log_interval == 0:
             for key, value in losses.items():
@@ -101,6 +111,7 @@ def train_one_epoch(model, raw_model, loader, optimizer, scheduler, scaler, epoc
     record = {"epoch": epoch, "s_per_iter": (time.perf_counter() - start) / iters_per_epoch,
               "peak_memory_mb": peak_memory_mb(ctx.device)}
     record.update({f"train_{k}": v / iters_per_epoch for k, v in sums.items()})
+    record.update({k: v / attention_steps for k, v in attention_sums.items()})
     if cfg.method == "rca":
         filled = raw_model.memory.num_filled
         record["memory_entries"], record["memory_classes"] = int(filled.sum()), int((filled > 0).sum())
@@ -108,13 +119,20 @@ def train_one_epoch(model, raw_model, loader, optimizer, scheduler, scaler, epoc
 
 
 def log_epoch(log, writer, record: dict) -> None:
-    log.info("epoch %d: loss %.4f (cls %.4f, contrast %.4f), %.3f s/iter%s%s", record["epoch"], record["train_loss"],
+    """The epoch's log line and its per-epoch TensorBoard scalars (loss, attention statistics, val mAP)."""
+    log.info("epoch %d: loss %.4f (cls %.4f, contrast %.4f), %.3f s/iter%s%s%s", record["epoch"], record["train_loss"],
              record["train_cls"], record["train_contrast"], record["s_per_iter"],
              f", memory {record['memory_entries']} entries of {record['memory_classes']} classes"
              if "memory_entries" in record else "",
+             f", attention entropy {record['attention_entropy']:.3f} nats ({record['attention_entropy_ratio']:.2f}"
+             f" of uniform), max weight {record['attention_max_weight']:.3f} over {record['attention_centres']:.0f}"
+             " centres" if "attention_entropy" in record else "",
              f", val mAP {record['val_map']:.2f}" if "val_map" in record else "")
     if writer is not None:
         writer.add_scalar("cls/epoch_loss", record["train_loss"], record["epoch"])
+        for key in ("attention_entropy", "attention_entropy_ratio", "attention_max_weight"):
+            if key in record:
+                writer.add_scalar(f"cls/{key}", record[key], record["epoch"])
         if "val_map" in record:
             writer.add_scalar("cls/val_map", record["val_map"], record["epoch"])
 
@@ -136,6 +154,11 @@ def main(argv=None) -> int:
     cfg, data, out_dir = config.cls, config.data, work_dir / "cls"
     ctx = init_distributed(args.device)
     log = setup_logger("train_cls", out_dir / "train.log", ctx.is_main)
+    try:
+        check_fingerprint(out_dir, config, "cls", overwrite=args.overwrite, write=ctx.is_main)
+    except StaleOutputsError as error:
+        log.error("%s", error)
+        return EXIT_REFUSED
     run = TrainingRun(out_dir, cfg.epochs, "epochs", "val_map", log)
     if (exit_code := run.check(args.resume, args.overwrite)) is not None:
         return exit_code

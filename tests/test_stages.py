@@ -143,15 +143,22 @@ def test_run_all_runs_every_stage_and_prints_the_summary(pipeline):
                        ("segmentation val mIoU", seg["best_val_miou"])]:
         line = next(line for line in summary.splitlines() if row in line)
         assert f"{value:6.2f}" in line
+    # and the report of the run, with gen_labels' sample panels
+    assert f"report: {work_dir / 'report.html'}" in summary and (work_dir / "report.md").is_file()
+    assert len(list((work_dir / "vis").glob("*.png"))) == 8
+    assert "vis/" in (work_dir / "report.md").read_text()
 
 
 def test_run_all_second_run_skips_everything(pipeline, mini_config):
     work_dir = pipeline[0]
-    before = _mtimes(work_dir)
+    def outputs():  # the stages' outputs; summary.py redraws the report's charts each time
+        return {name: mtime for name, mtime in _mtimes(work_dir).items() if not name.startswith("report/")}
+
+    before = outputs()
     result = _run_all(mini_config, work_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "is finished" in result.stdout and "=== summary" in result.stdout
-    assert _mtimes(work_dir) == before
+    assert outputs() == before
 
 
 # ---- stages/train_cls.py -------------------------------------------------------------------------
@@ -208,6 +215,20 @@ def test_train_cls_skips_a_finished_run(pipeline, mini_config):
     assert _mtimes(work_dir / "cls") == before
 
 
+def test_train_cls_refuses_outputs_of_other_settings(pipeline, mini_config, capsys):
+    """A finished run rerun with another cls.lr is refused naming the key (exit 2, nothing written);
+    another data.num_workers changes no output, so the run is still just finished."""
+    work_dir = pipeline[0]
+    before = _mtimes(work_dir / "cls")
+    capsys.readouterr()
+    assert train_cls.main(_cls_args(mini_config, work_dir, "--set", "cls.lr=0.5")) == 2
+    refusal = capsys.readouterr().out
+    assert f"cls.lr: {load_config(mini_config).cls.lr} -> 0.5" in refusal and "--overwrite" in refusal and "Traceback" not in refusal
+    assert train_cls.main(_cls_args(mini_config, work_dir, "--set", "data.num_workers=1")) == 0
+    assert "is finished" in capsys.readouterr().out
+    assert _mtimes(work_dir / "cls") == before
+
+
 def test_train_cls_refuses_a_resume_with_another_schedule(pipeline, mini_config, tmp_path):
     """3 epochs from a finished 2-epoch last.pt would train epoch 2 at the old schedule's LR of 0."""
     (tmp_path / "cls").mkdir()
@@ -229,6 +250,14 @@ def test_train_cls_writes_metrics_and_the_resolved_config(pipeline, mini_config)
     filled = load_checkpoint(out / "last.pt")["model"]["memory.filled"]  # the memory fill is logged as it is
     assert metrics["history"][-1]["memory_entries"] == int(filled.sum())
     assert metrics["history"][-1]["memory_classes"] == int((filled > 0).sum())
+    # aggregation attends to centres from epoch 1 on (epoch 0 starts from an empty bank)
+    first, last = metrics["history"]
+    assert "attention_entropy" not in first
+    valid = load_checkpoint(out / "last.pt")["model"]["centre_valid"]  # the centres epoch 1 trained with
+    assert last["attention_centres"] == int(valid.sum()) > 1
+    assert 0 < last["attention_entropy_ratio"] <= 1 and 1 / last["attention_centres"] <= last["attention_max_weight"] <= 1
+    assert last["attention_entropy_ratio"] == pytest.approx(last["attention_entropy"] / np.log(last["attention_centres"]))
+    assert "attention entropy" in (out / "train.log").read_text()
 
     # best.pt is the best epoch, and its val mAP is the one reported (recomputed here)
     best = load_checkpoint(out / "best.pt")
@@ -339,6 +368,19 @@ def test_gen_labels_second_run_writes_nothing(labels_run):
     work_dir, args, _ = labels_run
     before = _mtimes(work_dir)
     assert gen_labels.main(args) == 0
+    assert _mtimes(work_dir) == before
+
+
+def test_gen_labels_refuses_outputs_of_other_settings(labels_run, capsys):
+    """Another labels.bg_threshold is refused naming the key (exit 2, nothing written); other worker
+    counts (--workers, data.num_workers) change no output and skip everything."""
+    work_dir, args, _ = labels_run
+    before = _mtimes(work_dir)
+    capsys.readouterr()
+    assert gen_labels.main([*args, "--set", "labels.bg_threshold=0.5"]) == 2
+    refusal = capsys.readouterr().out
+    assert "labels.bg_threshold:" in refusal and "-> 0.5" in refusal and "--overwrite" in refusal
+    assert gen_labels.main([*args, "--workers", "2", "--set", "data.num_workers=1"]) == 0
     assert _mtimes(work_dir) == before
 
 
