@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -27,6 +28,10 @@ def blurred_edge(centre: float, size: int = 40, width: float = 3.0) -> np.ndarra
 
 
 def _init_and_run(rank: int, world_size: int, init_file: str, worker, args: tuple) -> None:
+    # A forked child inherits the parent's OpenMP pool as a dead copy: an op that parallelises over it
+    # waits forever (seen: a conv forward hung in futex_wait while other jobs loaded the CPU). One
+    # intra-op thread per rank never enters the pool.
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         worker(rank, world_size, *args)

@@ -4,10 +4,9 @@ processes)."""
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from helpers import spawn_gloo
 from rca.config import load_config
 from rca.engine.distributed import all_gather_rows, all_reduce_sum
 from rca.losses import PixelContrast, RegionContrast, build_contrast, class_anchors, info_nce
@@ -96,31 +95,27 @@ def rank_data(rank):
     return anchors, anchor_labels, embeddings, labels
 
 
-def _ddp_worker(rank, world_size, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    try:
-        anchors, anchor_labels, embeddings, labels = rank_data(rank)
-        rows = torch.full((2 + rank, 2), float(rank))
-        gathered, = all_gather_rows(rows)
-        total = all_reduce_sum(torch.tensor([rank + 1.0], requires_grad=True), keep_local_grad=True)
-        total.backward()
-        torch.manual_seed(0)
-        pixel = PixelContrast(in_channels=4, num_classes=3, dim=4)
-        queries = anchors.clone().requires_grad_()
-        pixel_loss = pixel._in_batch(queries, anchor_labels)
-        pixel_loss.backward()
-        means, present = class_anchors(embeddings, labels, 3)
-        region = RegionContrast(in_channels=4, num_classes=3, memory_size=8, dim=4)
-        region.memory.push(anchors, anchor_labels)
-        torch.save({"gathered": gathered, "total": total.detach(), "pixel_loss": pixel_loss.detach(),
-                    "query_grad": queries.grad, "means": means, "present": present,
-                    "memory": region.memory.state_dict()}, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _ddp_worker(rank, world_size, out_dir):
+    anchors, anchor_labels, embeddings, labels = rank_data(rank)
+    rows = torch.full((2 + rank, 2), float(rank))
+    gathered, = all_gather_rows(rows)
+    total = all_reduce_sum(torch.tensor([rank + 1.0], requires_grad=True), keep_local_grad=True)
+    total.backward()
+    torch.manual_seed(0)
+    pixel = PixelContrast(in_channels=4, num_classes=3, dim=4)
+    queries = anchors.clone().requires_grad_()
+    pixel_loss = pixel._in_batch(queries, anchor_labels)
+    pixel_loss.backward()
+    means, present = class_anchors(embeddings, labels, 3)
+    region = RegionContrast(in_channels=4, num_classes=3, memory_size=8, dim=4)
+    region.memory.push(anchors, anchor_labels)
+    torch.save({"gathered": gathered, "total": total.detach(), "pixel_loss": pixel_loss.detach(),
+                "query_grad": queries.grad, "means": means, "present": present,
+                "memory": region.memory.state_dict()}, f"{out_dir}/rank{rank}.pt")
 
 
 def test_losses_all_gather_under_ddp(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    spawn_gloo(_ddp_worker, 2, tmp_path, str(tmp_path))
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     data = [rank_data(r) for r in range(2)]
     assert results[0]["gathered"].tolist() == [[0.0, 0.0]] * 2 + [[1.0, 1.0]] * 3
