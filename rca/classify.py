@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from rca.losses import mixed_semantic_contrast_loss, semantic_contrast_loss
 from rca.metrics import average_precision
@@ -36,19 +37,23 @@ def region_contrast_loss(outputs: dict, memory, cfg) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def evaluate_tags(model: torch.nn.Module, dataset, device: torch.device, num_workers: int = 0) -> dict:
+def evaluate_tags(model: torch.nn.Module, dataset, device: torch.device, num_workers: int = 0,
+                  progress: bool = True) -> dict:
     """Tag-prediction mAP of a classifier on a split, one full-size image at a time.
 
     Args:
         model: classifier returning ``{"scores": (B, K) logits}``; put back in training mode after.
         dataset: items with ``image`` ``(3, H, W)`` (``eval_transform``) and ``tags`` ``(K,)``.
+        num_workers: DataLoader worker processes reading the images.
+        progress: show a progress bar (``val``, cleared when done).
 
     Returns:
         ``{"map": mAP in %, "ap": [AP in % of each of the K classes]}`` (:func:`rca.metrics.average_precision`).
     """
     model.eval()
     scores, targets = [], []
-    for item in DataLoader(dataset, batch_size=1, num_workers=num_workers):
+    loader = DataLoader(dataset, batch_size=1, num_workers=num_workers)
+    for item in tqdm(loader, desc="val", disable=not progress, leave=False):
         scores.append(torch.sigmoid(model(item["image"].to(device))["scores"].float()).cpu())
         targets.append(item["tags"])
     model.train()

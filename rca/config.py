@@ -15,6 +15,10 @@ Every stage accepts the same arguments (see :func:`add_config_args`)::
     --config FILE        YAML file (default: the synthetic demo, rca/configs/demo.yaml)
     --set key.sub=value  override, value parsed as YAML (repeatable)
     --work-dir DIR       outputs (default runs/<config name>)
+    --print-config       print the resolved config as YAML and exit
+
+This module imports no torch (the registries are imported inside :func:`load_config`): the stages
+parse their arguments with it before importing torch (see :mod:`rca.cli`).
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ class DataConfig:
     label_split: str = "train"  # split gen_labels makes pseudo labels for: the seg training split (VOC: train_aug)
     score_split: str | None = None  # split whose labelled images are scored (VOC: train); None: label_split
     options: dict[str, Any] = field(default_factory=dict)  # dataset-specific keyword arguments
-    num_workers: NonNegativeInt = 2
+    num_workers: NonNegativeInt = 2  # DataLoader worker processes of train_cls / train_seg (not gen_labels' CRF)
 
 
 @dataclass
@@ -296,8 +300,9 @@ def _build(cls: type, values: dict[str, Any], path: str) -> Any:
     return cls(**kwargs)
 
 
-def _check_config(config: Config) -> None:
-    """Checks that need more than one key or a registry (imported here, read at call time).
+def _check_registries(config: Config) -> None:
+    """Checks of the names that live in a registry: dataset, its options, backbones and their output
+    strides (the registries import torch, so they are imported here, at call time).
 
     Raises:
         ConfigError: naming the key path and the allowed values.
@@ -320,6 +325,14 @@ def _check_config(config: Config) -> None:
         if cfg.output_stride not in OUTPUT_STRIDES[cfg.backbone]:
             raise ConfigError(f"{section}.output_stride: {cfg.backbone} supports "
                               f"{', '.join(map(str, sorted(OUTPUT_STRIDES[cfg.backbone])))}, got {cfg.output_stride}")
+
+
+def _check_keys(config: Config) -> None:
+    """Checks that need more than one key.
+
+    Raises:
+        ConfigError: naming the key paths and what they must satisfy.
+    """
     for path, pair in (("cls.resize_long", config.cls.resize_long), ("seg.scale_range", config.seg.scale_range)):
         if pair[0] > pair[1]:
             raise ConfigError(f"{path}: expected [low, high] with low <= high, got {list(pair)}")
@@ -356,7 +369,7 @@ def _set_override(tree: dict[str, Any], assignment: str) -> None:
     node[leaf] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] = (), check_registries: bool = True) -> Config:
     """Load a YAML experiment file, apply ``key=value`` overrides and validate everything.
 
     Args:
@@ -364,6 +377,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             file's stem.
         overrides: strings ``"section.key=value"``; values are parsed as YAML (``0.1``, ``[1, 2]``,
             ``null``, ``true``).
+        check_registries: also check ``data.name``, ``data.options``, the backbones and their
+            output strides against their registries (this imports torch); ``False`` is for
+            ``--print-config``, which answers without torch.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -386,7 +402,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         _set_override(tree, assignment)
     try:
         config = _build(Config, tree, "")
-        _check_config(config)
+        _check_keys(config)
+        if check_registries:
+            _check_registries(config)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
     return config
@@ -405,20 +423,38 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
+def format_config(config: Config) -> str:
+    """The config as YAML, sections and keys in their dataclass order; :func:`load_config` reads it back equal."""
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
 def save_config(config: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML (atomically); :func:`load_config` reads it back equal."""
+    """Write the resolved config as YAML (:func:`format_config`), atomically."""
     with atomic_open(path, "w") as f:
-        yaml.safe_dump(config_to_dict(config), f, sort_keys=False)
+        f.write(format_config(config))
+
+
+def shipped_configs() -> list[str]:
+    """File names of the configs shipped in ``rca/configs/``, sorted (``["ade20k.yaml", ...]``)."""
+    return sorted(path.name for path in CONFIG_DIR.glob("*.yaml"))
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the arguments every stage shares: ``--config``, ``--set`` and ``--work-dir``."""
-    parser.add_argument("--config", default=None, help=f"experiment YAML (default {DEFAULT_CONFIG.name})")
+    """Add the arguments every stage shares: ``--config``, ``--set``, ``--work-dir`` and
+    ``--print-config`` (answered by :func:`rca.cli.parse_command_line`)."""
+    parser.add_argument(
+        "--config", default=None, metavar="FILE",
+        help=f"experiment YAML (default rca/configs/{DEFAULT_CONFIG.name}); shipped in rca/configs/: "
+             f"{', '.join(shipped_configs())}",
+    )
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config value, e.g. --set cls.lr=0.02 (value parsed as YAML; repeatable)",
     )
-    parser.add_argument("--work-dir", default=None, help="output folder (default runs/<config name>)")
+    parser.add_argument("--work-dir", default=None, metavar="DIR", help="output folder (default runs/<config name>)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (defaults + --config file + --set overrides) as YAML "
+                             "and exit")
     return parser
 
 

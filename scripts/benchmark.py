@@ -19,10 +19,25 @@ import dataclasses
 import sys
 import time
 
+from rca.cli import make_parser, parse_command_line
+from rca.config import add_config_args, config_from_args
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = add_config_args(make_parser(__doc__))
+    parser.add_argument("--iters", type=int, default=10, help="timed repetitions of each measurement")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    parser.add_argument("--contrast", action="store_true", help="also time the DeepLab step with each contrastive loss")
+    return parse_command_line(parser, argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help, --print-config and argument errors answer here, before the heavy imports below (rca/cli.py)
+
 import torch
 
 from rca.cam import multiscale_cam, normalize_cams
-from rca.config import add_config_args, config_from_args
 from rca.data import build_dataset
 from rca.data.transforms import eval_transform
 from rca.engine.logs import peak_memory_mb
@@ -86,12 +101,7 @@ def contrast_step_times(seg, num_classes: int, num_train_images: int, device: to
 
 
 def main(argv=None) -> int:
-    parser = add_config_args(argparse.ArgumentParser(description=__doc__))
-    parser.add_argument("--iters", type=int, default=10, help="timed repetitions of each measurement")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
-    parser.add_argument("--contrast", action="store_true", help="also time the DeepLab step with each contrastive loss")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     config, _ = config_from_args(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     data = config.data

@@ -17,13 +17,13 @@ import sys
 
 import yaml
 
+from rca.cli import make_parser, parse_command_line
 from rca.config import load_config
-from rca.data import build_dataset
-from rca.data.check import check_split, format_report
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line; ``--option`` assignments come back parsed, as the dict ``args.options``."""
+    parser = make_parser(__doc__)
     parser.add_argument("--config", help="experiment YAML: dataset name, root, splits and options")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, as in the stages (e.g. --set data.root=...)")
@@ -31,25 +31,38 @@ def main(argv=None) -> int:
     parser.add_argument("--root", help="dataset root (without --config, or to replace data.root)")
     parser.add_argument("--split", nargs="+", help="split(s) to check")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="dataset option")
-    parser.add_argument("--workers", type=int, default=0, help="reader processes")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes reading the files")
     parser.add_argument("--limit", type=int, default=None, help="check only the first N items of each split")
-    args = parser.parse_args(argv)
-
-    if args.config:
-        data = load_config(args.config, args.overrides).data
-        name, root, options = data.name, data.root, dict(data.options)
-        splits = [split for split in (data.train_split, data.val_split) if split is not None]
-    elif args.name and args.split:
-        name, root, options, splits = args.name, args.root, {}, []
-    else:
+    args = parse_command_line(parser, argv)
+    if not args.config and not (args.name and args.split):
         parser.error("give --config FILE, or --name, --root and --split")
-    root = args.root or root
-    splits = args.split or splits
+    args.options = {}
     for assignment in args.option:
         key, sep, value = assignment.partition("=")
         if not sep:
             parser.error(f"--option {assignment!r}: expected key=value")
-        options[key] = yaml.safe_load(value)
+        args.options[key] = yaml.safe_load(value)
+    return args
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before the heavy imports below (rca/cli.py)
+
+from rca.data import build_dataset
+from rca.data.check import check_split, format_report
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.config:
+        data = load_config(args.config, args.overrides).data
+        name, root, options = data.name, data.root, dict(data.options)
+        splits = [split for split in (data.train_split, data.val_split) if split is not None]
+    else:
+        name, root, options, splits = args.name, args.root, {}, []
+    root = args.root or root
+    splits = args.split or splits
+    options.update(args.options)
 
     problems = []
     for split in dict.fromkeys(splits):  # each split once, in order

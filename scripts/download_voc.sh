@@ -20,4 +20,4 @@ fetch http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic
 [ -d benchmark_RELEASE/dataset/cls ] || tar -xzf benchmark.tgz
 cd - > /dev/null
 python "$(dirname "$0")/prepare_voc.py" --voc "$DATA_DIR/VOCdevkit/VOC2012" --sbd "$DATA_DIR/benchmark_RELEASE" \
-    --workers "$(nproc)"
+    --processes "$(nproc)"

@@ -1,6 +1,6 @@
 """Convert PASCAL-Context's official 459-class labels into 60-class PNGs and the train/val lists.
 
-    python scripts/prepare_pascal_context.py --voc2010 data/VOCdevkit/VOC2010 --labels data/trainval [--workers 8]
+    python scripts/prepare_pascal_context.py --voc2010 data/VOCdevkit/VOC2010 --labels data/trainval [--processes 8]
 
 See :mod:`rca.data.prepare.pascal_context` for the inputs and outputs.
 """
@@ -10,17 +10,27 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rca.cli import make_parser, parse_command_line
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = make_parser(__doc__)
+    parser.add_argument("--voc2010", required=True, help="the VOC2010 folder (or one holding VOCdevkit/VOC2010)")
+    parser.add_argument("--labels", required=True, help="the trainval/ folder of trainval.tar.gz (<id>.mat files)")
+    parser.add_argument("--processes", type=int, default=1, metavar="N", help="processes converting label maps")
+    parser.add_argument("--overwrite", action="store_true", help="rewrite existing PNGs")
+    return parse_command_line(parser, argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before the heavy imports below (rca/cli.py)
+
 from rca.data.prepare.pascal_context import prepare_pascal_context
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--voc2010", required=True, help="the VOC2010 folder (or one holding VOCdevkit/VOC2010)")
-    parser.add_argument("--labels", required=True, help="the trainval/ folder of trainval.tar.gz (<id>.mat files)")
-    parser.add_argument("--workers", type=int, default=1, help="processes converting label maps")
-    parser.add_argument("--overwrite", action="store_true", help="rewrite existing PNGs")
-    args = parser.parse_args(argv)
-    counts = prepare_pascal_context(args.voc2010, args.labels, overwrite=args.overwrite, workers=args.workers)
+    args = parse_args(argv)
+    counts = prepare_pascal_context(args.voc2010, args.labels, overwrite=args.overwrite, workers=args.processes)
     print(f"train: {counts['train']} ids, val: {counts['val']} ids; {counts['written']} PNGs written now")
     return 0
 

@@ -1,6 +1,6 @@
 """Build VOC 2012's SegmentationClassAug (from SBD), train_aug.txt and cls_labels.npy.
 
-    python scripts/prepare_voc.py --voc data/VOCdevkit/VOC2012 --sbd data/benchmark_RELEASE [--workers 8]
+    python scripts/prepare_voc.py --voc data/VOCdevkit/VOC2012 --sbd data/benchmark_RELEASE [--processes 8]
 
 See :mod:`rca.data.prepare.voc` for the inputs (VOC trainval tar, SBD benchmark.tgz; fetch them with
 scripts/download_voc.sh) and the outputs.
@@ -11,17 +11,27 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rca.cli import make_parser, parse_command_line
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = make_parser(__doc__)
+    parser.add_argument("--voc", required=True, help="the VOC2012 folder (or one holding VOCdevkit/VOC2012)")
+    parser.add_argument("--sbd", required=True, help="SBD's benchmark_RELEASE folder (or its dataset/ folder)")
+    parser.add_argument("--processes", type=int, default=1, metavar="N", help="processes converting masks")
+    parser.add_argument("--overwrite", action="store_true", help="rewrite existing PNGs")
+    return parse_command_line(parser, argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before the heavy imports below (rca/cli.py)
+
 from rca.data.prepare.voc import prepare_voc
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--voc", required=True, help="the VOC2012 folder (or one holding VOCdevkit/VOC2012)")
-    parser.add_argument("--sbd", required=True, help="SBD's benchmark_RELEASE folder (or its dataset/ folder)")
-    parser.add_argument("--workers", type=int, default=1, help="processes converting masks")
-    parser.add_argument("--overwrite", action="store_true", help="rewrite existing PNGs")
-    args = parser.parse_args(argv)
-    counts = prepare_voc(args.voc, args.sbd, overwrite=args.overwrite, workers=args.workers)
+    args = parse_args(argv)
+    counts = prepare_voc(args.voc, args.sbd, overwrite=args.overwrite, workers=args.processes)
     print(
         f"SegmentationClassAug: {counts['masks']} masks ({counts['written']} written now); "
         f"train_aug.txt: {counts['train_aug']} ids; cls_labels.npy: {counts['cls_labels']} ids"

@@ -8,15 +8,25 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rca.cli import make_parser, parse_command_line
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = make_parser(__doc__)
+    parser.add_argument("work_dir", help="the work dir of a run, e.g. runs/demo")
+    parser.add_argument("--max-panels", type=int, default=8,
+                        help="sample panels and predictions shown, each (default 8)")
+    return parse_command_line(parser, argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before the heavy imports below (rca/cli.py)
+
 from rca.report import write_report
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("work_dir", help="the work dir of a run, e.g. runs/demo")
-    parser.add_argument("--max-panels", type=int, default=8,
-                        help="sample panels and predictions shown, each (default 8)")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     try:
         paths = write_report(args.work_dir, args.max_panels)
     except FileNotFoundError as error:

@@ -6,8 +6,10 @@
 #
 # With no CONFIG it runs the synthetic demo (rca/configs/demo.yaml), which needs no dataset.
 # Every stage skips the work already on disk, so a second run (or a run after a crash) only does
-# what is missing. GEN_LABELS_WORKERS (default 2) sets gen_labels' CRF processes; PYTHON the
-# interpreter. The first stage that fails stops the script with its name.
+# what is missing. Environment: CRF_PROCESSES (default 2), the processes making gen_labels' CRF
+# pseudo labels (its --crf-processes; DataLoader workers are the config's data.num_workers, see
+# README "Parallelism"); PYTHON, the interpreter. The first stage that fails stops the script with
+# its name.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python}
@@ -30,6 +32,6 @@ run_stage() {
 }
 
 run_stage train_cls stages/train_cls.py "${common[@]}" --resume
-run_stage gen_labels stages/gen_labels.py "${common[@]}" --workers "${GEN_LABELS_WORKERS:-2}" --vis 8
+run_stage gen_labels stages/gen_labels.py "${common[@]}" --crf-processes "${CRF_PROCESSES:-2}" --vis 8
 run_stage train_seg stages/train_seg.py "${common[@]}" --resume
 run_stage summary scripts/summary.py "${common[@]}"

@@ -11,12 +11,22 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rca.cli import make_parser, parse_command_line
 from rca.config import add_config_args, config_from_args
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return parse_command_line(add_config_args(make_parser(__doc__)), argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help, --print-config and argument errors answer here, before the heavy imports below (rca/cli.py)
+
 from rca.report import read_run, summary_rows, write_report
 
 
 def main(argv=None) -> int:
-    config, work_dir = config_from_args(add_config_args(argparse.ArgumentParser(description=__doc__)).parse_args(argv))
+    config, work_dir = config_from_args(parse_args(argv))
     print(f"summary of {work_dir} (config {config.name})")
     for name, value, note in summary_rows(read_run(work_dir)):
         shown = "n/a" if value is None else f"{value:6.2f}"

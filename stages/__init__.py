@@ -2,5 +2,6 @@
 
 Each runs as ``python stages/<name>.py --config ...`` and is importable as ``stages.<name>`` with a
 ``main(argv) -> exit status`` (the tests call it so). The logic they share or that a test needs
-lives in the library, :mod:`rca`.
+lives in the library, :mod:`rca`. Each parses its command line before importing torch, so that
+``--help`` and ``--print-config`` answer at once; the layout this takes is described in :mod:`rca.cli`.
 """

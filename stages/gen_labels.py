@@ -1,7 +1,8 @@
 """Stage 2: CAMs -> CAM seeds -> dense CRF -> pseudo labels, scored the way the WSSS field scores them.
 
     python stages/gen_labels.py --config rca/configs/<exp>.yaml [--set key=value ...] [--work-dir DIR]
-                                [--checkpoint FILE] [--workers N] [--vis N] [--shard i/n] [--overwrite]
+                                [--checkpoint FILE] [--crf-processes N] [--vis N] [--shard i/n]
+                                [--overwrite]
 
 Reads ``DIR/cls/best.pt`` and, for every image of ``data.label_split`` (the split the segmentation
 network trains on: VOC ``train_aug``), writes
@@ -15,6 +16,10 @@ network trains on: VOC ``train_aug``), writes
   the protocol written in :mod:`rca.labelling` (headline CAM seed and seed + CRF at
   ``labels.bg_threshold``, strict / lenient pseudo-label mIoU, an oracle threshold curve), plus the
   CAM / CRF throughput in images/s.
+
+The CAMs are computed in this process (on the GPU when there is one); the CRF pseudo labels and the
+scoring run in a pool of ``--crf-processes`` spawned processes made once for the whole run (1, the
+default: in this process; :class:`rca.engine.pool.WorkerPool`). ``data.num_workers`` plays no part here.
 
 Existing outputs (panels included) are skipped (``--overwrite`` redoes them); outputs made with
 other settings are refused (``DIR/labels/fingerprint.json``, :mod:`rca.engine.fingerprint`). Every
@@ -30,10 +35,29 @@ import sys
 import time
 from pathlib import Path
 
+from rca.cli import make_parser, parse_command_line
+from rca.config import add_config_args, config_from_args, save_config
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = make_parser(__doc__)
+    add_config_args(parser)
+    parser.add_argument("--checkpoint", default=None, help="classifier checkpoint (default DIR/cls/best.pt)")
+    parser.add_argument("--crf-processes", type=int, default=1, metavar="N",
+                        help="processes making the CRF pseudo labels and scoring them (default 1: this one)")
+    parser.add_argument("--vis", type=int, default=0, metavar="N", help="write N visualisation panels to DIR/vis")
+    parser.add_argument("--shard", default="0/1", metavar="i/n", help="process images i, i+n, ... (default 0/1)")
+    parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    return parse_command_line(parser, argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help, --print-config and argument errors answer here, before the heavy imports below (rca/cli.py)
+
 import torch
 from tqdm import tqdm
 
-from rca.config import add_config_args, config_from_args, save_config
 from rca.data import build_dataset
 from rca.data.transforms import eval_transform
 from rca.engine.checkpoint import load_checkpoint
@@ -45,18 +69,6 @@ from rca.io import load_label_png, save_json, save_rgb_png
 from rca.labelling import LabelJob, compute_cams, format_report, label_rule, load_cams, save_cams, summarise_scores
 from rca.models.classifier import build_classifier
 from rca.vis import make_panel
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
-    parser.add_argument("--checkpoint", default=None, help="classifier checkpoint (default DIR/cls/best.pt)")
-    parser.add_argument("--workers", type=int, default=1, help="processes for the CRF and scoring (default 1)")
-    parser.add_argument("--vis", type=int, default=0, metavar="N", help="write N visualisation panels to DIR/vis")
-    parser.add_argument("--shard", default="0/1", metavar="i/n", help="process images i, i+n, ... (default 0/1)")
-    parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    return parser.parse_args(argv)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -136,8 +148,8 @@ def make_labels(job: LabelJob, pool: WorkerPool, indices: list[int], args, confi
         start = time.perf_counter()
         pool.map("make_label", todo, "pseudo labels")
         timing["label_images_per_s"] = len(todo) / (time.perf_counter() - start)
-        log.info("pseudo labels: %d images, rule %s, CRF %s, %d worker(s): %.2f images/s", len(todo),
-                 job.rule.name, job.rule.crf, args.workers, timing["label_images_per_s"])
+        log.info("pseudo labels: %d images, rule %s, CRF %s, %d process(es): %.2f images/s", len(todo),
+                 job.rule.name, job.rule.crf, args.crf_processes, timing["label_images_per_s"])
     return timing
 
 
@@ -154,7 +166,7 @@ def main(argv=None) -> int:
     save_config(config, work_dir / "labels" / "config.yaml")
     job = build_job(config, work_dir)
     indices = list(range(shard_index, len(job.label_set), shard_count))
-    with WorkerPool(job, args.workers) as pool:
+    with WorkerPool(job, args.crf_processes) as pool:
         timing = make_labels(job, pool, indices, args, config, work_dir, log)
         ids, vis_dir = job.label_set.ids, work_dir / "vis"
         panels = [i for i in indices[: args.vis] if args.overwrite or not (vis_dir / f"{ids[i]}.png").is_file()]

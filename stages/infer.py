@@ -14,6 +14,24 @@ import argparse
 import sys
 from pathlib import Path
 
+from rca.cli import make_parser, parse_command_line
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = make_parser(__doc__)
+    parser.add_argument("--checkpoint", required=True, help="train_seg checkpoint (best.pt or last.pt)")
+    parser.add_argument("--input", required=True, help="an image file or a folder of images")
+    parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="test-time scales (default 1.0)")
+    parser.add_argument("--flip", action="store_true", help="add horizontal flips")
+    parser.add_argument("--crf", action="store_true", help="dense-CRF post-processing (deeplab preset)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    return parse_command_line(parser, argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before the heavy imports below (rca/cli.py)
+
 import numpy as np
 import torch
 from PIL import Image
@@ -27,18 +45,6 @@ from rca.models.deeplab import build_deeplab
 from rca.segment import predict_probs
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="train_seg checkpoint (best.pt or last.pt)")
-    parser.add_argument("--input", required=True, help="an image file or a folder of images")
-    parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="test-time scales (default 1.0)")
-    parser.add_argument("--flip", action="store_true", help="add horizontal flips")
-    parser.add_argument("--crf", action="store_true", help="dense-CRF post-processing (deeplab preset)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    return parser.parse_args(argv)
 
 
 def list_images(path: Path) -> list[Path]:

@@ -32,31 +32,36 @@ import argparse
 import sys
 import time
 
+from rca.cli import make_parser, parse_command_line
+from rca.config import add_config_args, config_from_args, config_to_dict
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = make_parser(__doc__)
+    add_config_args(parser)
+    parser.add_argument("--resume", action="store_true", help="continue from DIR/cls/last.pt")
+    parser.add_argument("--overwrite", action="store_true", help="retrain even if DIR/cls is finished")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    return parse_command_line(parser, argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help, --print-config and argument errors answer here, before the heavy imports below (rca/cli.py)
+
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from rca.classify import evaluate_tags, region_contrast_loss
-from rca.config import add_config_args, config_from_args, config_to_dict
 from rca.data import build_dataset
 from rca.data.transforms import eval_transform, train_transform
 from rca.engine.distributed import cleanup_distributed, init_distributed, wrap_ddp
 from rca.engine.fingerprint import StaleOutputsError, check_fingerprint
-from rca.engine.logs import peak_memory_mb, setup_logger
+from rca.engine.logs import TrainingProgress, peak_memory_mb, setup_logger
 from rca.engine.optim import grad_scaler, optimizer_step, poly_scheduler, use_amp
 from rca.engine.run import EXIT_REFUSED, TrainingRun
 from rca.engine.seeding import seed_epoch, seed_everything, worker_init_fn
 from rca.io import save_json
 from rca.models.classifier import attention_statistics, build_classifier, classifier_args, rca_classification_loss
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
-    parser.add_argument("--resume", action="store_true", help="continue from DIR/cls/last.pt")
-    parser.add_argument("--overwrite", action="store_true", help="retrain even if DIR/cls is finished")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    return parser.parse_args(argv)
 
 
 def build_optimizer(model, cfg) -> torch.optim.SGD:
@@ -73,16 +78,18 @@ def build_optimizer(model, cfg) -> torch.optim.SGD:
     )
 
 
-def train_one_epoch(model, raw_model, loader, optimizer, scheduler, scaler, epoch: int, cfg, ctx, writer) -> dict:
-    """One pass over ``loader``; returns the epoch's mean losses, seconds per iteration and mean
-    :func:`rca.models.classifier.attention_statistics` (over the steps that had centres)."""
+def train_one_epoch(model, raw_model, loader, optimizer, scheduler, scaler, epoch: int, cfg, ctx, writer,
+                    progress: TrainingProgress) -> dict:
+    """One pass over ``loader``, each step counted by ``progress``; returns the epoch's mean losses,
+    seconds per iteration and mean :func:`rca.models.classifier.attention_statistics` (over the steps
+    that had centres)."""
     iters_per_epoch = len(loader)
     amp = use_amp(cfg.amp, ctx.device)
     use_contrast = cfg.method == "rca" and epoch >= cfg.contrast_warmup_epochs
     sums = {"loss": 0.0, "cls": 0.0, "contrast": 0.0}
     attention_sums, attention_steps = {}, 0
     start = time.perf_counter()
-    for step, batch in enumerate(tqdm(loader, desc=f"epoch {epoch}", disable=not ctx.is_main, leave=False)):
+    for step, batch in enumerate(loader):
         images = batch["image"].to(ctx.device, non_blocking=True)
         tags = batch["tags"].to(ctx.device, non_blocking=True)
         with torch.autocast(ctx.device.type, enabled=amp):
@@ -99,6 +106,7 @@ def train_one_epoch(model, raw_model, loader, optimizer, scheduler, scaler, epoc
         losses = {"loss": loss.item(), "cls": loss_cls.item(), "contrast": loss_con.item()}
         for key, value in losses.items():
             sums[key] += value
+        progress.step(losses, optimizer.param_groups[0]["lr"])
         if stats := attention_statistics(outputs.get("attention")):
             attention_steps += 1
             for key, value in stats.items():
@@ -185,22 +193,25 @@ def main(argv=None) -> int:
     sampler = DistributedSampler(train_set, ctx.world_size, ctx.rank, shuffle=True, seed=config.seed, drop_last=True)
     log.info("%d training images, %d iterations/epoch, %d epochs, method %s, device %s x %d",
              len(train_set), iters_per_epoch, cfg.epochs, cfg.method, ctx.device, ctx.world_size)
-    for epoch in range(run.done, cfg.epochs):
-        if cfg.method == "rca":
-            raw_model.update_centres()  # from the bank as it stands; the epoch trains with these centres
-        sampler.set_epoch(epoch)
-        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=data.num_workers,
-                            drop_last=True, worker_init_fn=worker_init_fn,
-                            generator=seed_epoch(config.seed, epoch, ctx.rank), pin_memory=ctx.device.type == "cuda")
-        record = train_one_epoch(model, raw_model, loader, optimizer, scheduler, scaler, epoch, cfg, ctx, writer)
-        if val_set is not None and ctx.is_main:
-            tag_scores = evaluate_tags(raw_model, val_set, ctx.device, data.num_workers)
-            record.update(val_map=tag_scores["map"], val_ap=dict(zip(space.tag_names, tag_scores["ap"])))
-        improved = run.add(record, done=epoch + 1)
-        log_epoch(log, writer, record)
-        if ctx.is_main:
-            save_run(run, raw_model, model_args, space, config, improved, optimizer, scheduler, scaler,
-                     has_val=val_set is not None)
+    with TrainingProgress(log, cfg.epochs * iters_per_epoch, run.done * iters_per_epoch, cfg.log_interval,
+                          ctx.device, "train_cls", ctx.is_main) as progress:
+        for epoch in range(run.done, cfg.epochs):
+            if cfg.method == "rca":
+                raw_model.update_centres()  # from the bank as it stands; the epoch trains with these centres
+            sampler.set_epoch(epoch)
+            loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=data.num_workers,
+                                drop_last=True, worker_init_fn=worker_init_fn, pin_memory=ctx.device.type == "cuda",
+                                generator=seed_epoch(config.seed, epoch, ctx.rank))
+            record = train_one_epoch(model, raw_model, loader, optimizer, scheduler, scaler, epoch, cfg, ctx, writer,
+                                     progress)
+            if val_set is not None and ctx.is_main:
+                tag_scores = evaluate_tags(raw_model, val_set, ctx.device, data.num_workers)
+                record.update(val_map=tag_scores["map"], val_ap=dict(zip(space.tag_names, tag_scores["ap"])))
+            improved = run.add(record, done=epoch + 1)
+            log_epoch(log, writer, record)
+            if ctx.is_main:
+                save_run(run, raw_model, model_args, space, config, improved, optimizer, scheduler, scaler,
+                         has_val=val_set is not None)
     if writer is not None:
         writer.close()
     cleanup_distributed()

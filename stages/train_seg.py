@@ -28,12 +28,29 @@ import argparse
 import sys
 import time
 
+from rca.cli import make_parser, parse_command_line
+from rca.config import add_config_args, config_from_args, config_to_dict
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = make_parser(__doc__)
+    add_config_args(parser)
+    parser.add_argument("--resume", action="store_true", help="continue from DIR/seg/last.pt")
+    parser.add_argument("--overwrite", action="store_true", help="retrain even if DIR/seg is finished")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate a checkpoint and save predictions")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint for --eval-only (default DIR/seg/best.pt)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    return parse_command_line(parser, argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help, --print-config and argument errors answer here, before the heavy imports below (rca/cli.py)
+
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from rca.config import add_config_args, config_from_args, config_to_dict
 from rca.data import build_dataset
 from rca.data.pseudo import WithPseudoLabels
 from rca.data.transforms import denormalize, eval_transform, train_transform
@@ -49,17 +66,6 @@ from rca.metrics import format_iou_table
 from rca.models.deeplab import build_deeplab, deeplab_args, deeplab_param_groups
 from rca.segment import evaluate_segmentation, predict_probs, segmentation_loss
 from rca.vis import prediction_panel, write_prediction_panels
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
-    parser.add_argument("--resume", action="store_true", help="continue from DIR/seg/last.pt")
-    parser.add_argument("--overwrite", action="store_true", help="retrain even if DIR/seg is finished")
-    parser.add_argument("--eval-only", action="store_true", help="evaluate a checkpoint and save predictions")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint for --eval-only (default DIR/seg/best.pt)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    return parser.parse_args(argv)
 
 
 def batches(dataset, cfg, num_workers: int, seed: int, ctx, start_iteration: int):
@@ -96,8 +102,7 @@ def evaluate(model: nn.Module, val_set, cfg, ctx, prediction_dir=None) -> dict:
     forward pass on val images (in train mode, batch norm would learn their statistics)."""
     model.eval()
     return evaluate_segmentation(model, val_set, cfg.eval_scales, cfg.eval_flip, protocol(cfg)["crf"],
-                                 prediction_dir=prediction_dir, shard=(ctx.rank, ctx.world_size),
-                                 progress=prediction_dir is not None and ctx.is_main)
+                                 prediction_dir=prediction_dir, shard=(ctx.rank, ctx.world_size), progress=ctx.is_main)
 
 
 @torch.inference_mode()

@@ -129,3 +129,13 @@ def test_shipped_configs_load_and_round_trip(tmp_path, path):
     config = load_config(path)
     save_config(config, tmp_path / "resolved.yaml")
     assert load_config(tmp_path / "resolved.yaml") == config
+
+
+def test_print_config_loading_skips_only_the_registry_checks():
+    """check_registries=False (--print-config, without torch) accepts an unknown dataset name, which
+    the stages refuse, and still applies the checks between keys."""
+    assert load_config(None, ["data.name=vocc"], check_registries=False).data.name == "vocc"
+    with pytest.raises(ConfigError, match="data.name: unknown dataset 'vocc'"):
+        load_config(None, ["data.name=vocc"])
+    with pytest.raises(ConfigError, match=r"cls.resize_long: expected \[low, high\]"):
+        load_config(None, ["cls.resize_long=[9, 1]"], check_registries=False)

@@ -191,7 +191,7 @@ def test_prepare_coco_pngs_and_labels(tmp_path):
 def test_prepare_coco_script(tmp_path):
     _coco_fixture(tmp_path)
     done = subprocess.run(
-        [sys.executable, "scripts/prepare_coco.py", "--root", str(tmp_path), "--split", "train2017", "--workers", "2"],
+        [sys.executable, "scripts/prepare_coco.py", "--root", str(tmp_path), "--split", "train2017", "--processes", "2"],
         cwd=REPO, capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "PATH": ""},
     )
     assert done.returncode == 0, done.stderr

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -105,8 +106,12 @@ def mini_config(tmp_path_factory) -> Path:
     return path
 
 
-def _run_all(config: Path, work_dir: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+def _run_all(config: Path, work_dir: Path, crf_processes: int | None = None) -> subprocess.CompletedProcess:
+    """``scripts/run_all.sh``; ``crf_processes`` sets ``CRF_PROCESSES`` (``None``: run_all's default, 2)."""
+    env = {name: value for name, value in os.environ.items() if name != "CRF_PROCESSES"}
+    env.update(PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    if crf_processes is not None:
+        env["CRF_PROCESSES"] = str(crf_processes)
     return subprocess.run(["bash", str(REPO / "scripts" / "run_all.sh"), str(config), "--work-dir", str(work_dir)],
                           env=env, capture_output=True, text=True, timeout=600)
 
@@ -125,6 +130,7 @@ def test_run_all_runs_every_stage_and_prints_the_summary(pipeline):
     work_dir, stdout = pipeline
     for stage in ("train_cls", "gen_labels", "train_seg", "summary"):
         assert f"=== {stage}" in stdout
+    assert "CRF psa, 2 process(es)" in stdout  # run_all's default CRF_PROCESSES
     for name in ("last.pt", "best.pt", "metrics.json", "config.yaml"):
         assert (work_dir / "cls" / name).is_file()
         assert (work_dir / "seg" / name).is_file()
@@ -236,6 +242,25 @@ def test_train_cls_refuses_a_resume_with_another_schedule(pipeline, mini_config,
     before = (tmp_path / "cls" / "last.pt").read_bytes()
     assert train_cls.main(_cls_args(mini_config, tmp_path, "--resume", "--set", "cls.epochs=3")) == 2
     assert (tmp_path / "cls" / "last.pt").read_bytes() == before
+
+
+def test_train_cls_logs_progress_over_the_whole_run(pipeline, mini_config):
+    """With cls.log_interval 1, one line per iteration counted over the whole run (2 epochs x 2
+    iterations = 4): the loss terms (their epoch means are the history's), the poly LR after the
+    step, s/iter, the run's ETA and the peak memory."""
+    line = re.compile(r"train_cls: iter (\d+)/4  loss (\S+)  cls (\S+)  contrast (\S+)  lr (\S+)  "
+                      r"\d+\.\d{3} s/iter  eta \d+:\d\d:\d\d  peak \d+ MiB$")
+    log = (pipeline[0] / "cls" / "train.log").read_text().splitlines()
+    steps = [match.groups() for match in map(line.search, log) if match]
+    assert [int(step[0]) for step in steps] == [1, 2, 3, 4]
+    lr = load_config(mini_config).cls.lr
+    assert [step[4] for step in steps] == [f"{lr * (1 - k / 4) ** 0.9:.2e}" for k in (1, 2, 3, 4)]  # poly LR
+    history = json.loads((pipeline[0] / "cls" / "metrics.json").read_text())["history"]
+    for epoch, record in enumerate(history):
+        for column, key in ((1, "train_loss"), (2, "train_cls"), (3, "train_contrast")):
+            logged = [float(step[column]) for step in steps[2 * epoch:2 * epoch + 2]]
+            assert np.mean(logged) == pytest.approx(record[key], abs=1e-4), (epoch, key)
+    assert float(steps[0][3]) == 0 < float(steps[3][3])  # contrast from epoch 1 (contrast_warmup_epochs)
 
 
 def test_train_cls_writes_metrics_and_the_resolved_config(pipeline, mini_config):
@@ -373,14 +398,14 @@ def test_gen_labels_second_run_writes_nothing(labels_run):
 
 def test_gen_labels_refuses_outputs_of_other_settings(labels_run, capsys):
     """Another labels.bg_threshold is refused naming the key (exit 2, nothing written); other worker
-    counts (--workers, data.num_workers) change no output and skip everything."""
+    counts (--crf-processes, data.num_workers) change no output and skip everything."""
     work_dir, args, _ = labels_run
     before = _mtimes(work_dir)
     capsys.readouterr()
     assert gen_labels.main([*args, "--set", "labels.bg_threshold=0.5"]) == 2
     refusal = capsys.readouterr().out
     assert "labels.bg_threshold:" in refusal and "-> 0.5" in refusal and "--overwrite" in refusal
-    assert gen_labels.main([*args, "--workers", "2", "--set", "data.num_workers=1"]) == 0
+    assert gen_labels.main([*args, "--crf-processes", "2", "--set", "data.num_workers=1"]) == 0
     assert _mtimes(work_dir) == before
 
 
@@ -636,7 +661,7 @@ def voc_pipeline(mini_config, tmp_path_factory):
     config = root.parent / "voc_mini.yaml"
     config.write_text(yaml.safe_dump(tree))
     work_dir = root.parent / "run"
-    result = _run_all(config, work_dir)
+    result = _run_all(config, work_dir, crf_processes=1)
     assert result.returncode == 0, f"run_all.sh failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return root, work_dir, result.stdout
 
@@ -659,6 +684,7 @@ def test_voc_protocol_labels_the_training_split_and_scores_its_subset(voc_pipeli
     seg = json.loads((work_dir / "seg" / "metrics.json").read_text())
     assert seg["iterations_done"] == 4 and seg["best_val_miou"] is not None
     assert "labels for train_aug, scored on train" in stdout
+    assert "CRF psa, 1 process(es)" in stdout  # CRF_PROCESSES=1 reached gen_labels
 
 
 # ---- stages/train_seg.py: contrastive losses, validation side effects, eval-only panels ------------
