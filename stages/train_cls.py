@@ -46,7 +46,6 @@ from rca.engine.logs import peak_memory_mb, setup_logger
 from rca.engine.optim import grad_scaler, optimizer_step, poly_scheduler, use_amp
 from rca.engine.run import EXIT_REFUSED, TrainingRun
 from rca.engine.seeding import seed_epoch, seed_everything, worker_init_fn
-from rca.io import save_json
 from rca.models.classifier import attention_statistics, build_classifier, classifier_args, rca_classification_loss
 
 
@@ -209,16 +208,16 @@ def main(argv=None) -> int:
 
 def save_run(run: TrainingRun, model, model_args: dict, space, config, improved: bool, optimizer, scheduler,
              scaler, has_val: bool) -> None:
-    """``last.pt`` / ``best.pt`` (everything gen_labels needs to rebuild the model) and ``metrics.json``."""
+    """``metrics.json``, ``best.pt`` and ``last.pt`` (everything gen_labels needs to rebuild the model)."""
     state = {"model": model.state_dict(), "model_args": {**model_args, "pretrained": "none"},
              "class_names": space.tag_names, "has_background": space.has_background, "epoch": run.done - 1,
              "config": config_to_dict(config)}
-    run.save(state, improved, optimizer, scheduler, scaler)
-    save_json(run.out_dir / "metrics.json", {
+    metrics = {
         "method": config.cls.method, "epochs_done": run.done, "epochs": config.cls.epochs,
         "best_val_map": run.best_score if has_val else None, "val_ap_by_class": run.best_record().get("val_ap"),
         "history": run.history,
-    })
+    }
+    run.save(state, improved, optimizer, scheduler, scaler, metrics)
 
 
 if __name__ == "__main__":

@@ -44,18 +44,18 @@ CLASS_NAMES = ["background", "disc", "square"]
 
 
 class Interrupted(Exception):
-    """Raised by a patched ``save_json`` to stop a stage right after its first checkpoint."""
+    """Raised by a patched ``save_run`` to stop a stage right after its first checkpoint."""
 
 
 def _interrupt_after_first_checkpoint(monkeypatch, stage) -> None:
-    """Make ``stage`` crash right after it has written its first ``last.pt`` and ``metrics.json``."""
-    real_save_json = stage.save_json
+    """Make ``stage`` crash right after it has written its first ``metrics.json`` and ``last.pt``."""
+    real_save_run = stage.save_run
 
-    def save_then_crash(path, obj):
-        real_save_json(path, obj)
+    def save_then_crash(*args, **kwargs):
+        real_save_run(*args, **kwargs)
         raise Interrupted
 
-    monkeypatch.setattr(stage, "save_json", save_then_crash)
+    monkeypatch.setattr(stage, "save_run", save_then_crash)
 
 
 def _mtimes(folder: Path, suffixes=(".pt", ".npy", ".png", ".json")) -> dict[str, int]:
