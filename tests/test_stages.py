@@ -38,6 +38,8 @@ from rca.pseudo_labels import constant_background
 from rca.segment import predict_probs, segmentation_loss
 from stages import gen_labels, infer, train_cls, train_seg
 
+from helpers import write_voc
+
 REPO = Path(__file__).resolve().parents[1]
 NUM_IMAGES, IMAGE_SIZE, NUM_FOREGROUND = 16, 48, 2
 CLASS_NAMES = ["background", "disc", "square"]
@@ -617,19 +619,8 @@ def voc_pipeline(mini_config, tmp_path_factory):
     """``run_all.sh`` on a VOC-layout copy of the miniature data: ``train_aug`` (16 images) is what the
     classifier and DeepLab train on and what gets pseudo labels; ``train`` (its first 6) is scored."""
     root = tmp_path_factory.mktemp("voc") / "VOC2012"
-    lists = root / "ImageSets" / "Segmentation"
-    for folder in (root / "JPEGImages", root / "SegmentationClassAug", lists):
-        folder.mkdir(parents=True)
-    for split in ("train", "val"):
-        dataset = _dataset(split)
-        ids = [f"{split}_{name}" for name in dataset.ids]  # synthetic train and val ids may collide
-        for index, name in enumerate(ids):
-            item = dataset[index]
-            Image.fromarray(item["image"]).save(root / "JPEGImages" / f"{name}.jpg", quality=95)
-            Image.fromarray(item["mask"].astype(np.uint8)).save(root / "SegmentationClassAug" / f"{name}.png")
-        lists.joinpath("train_aug.txt" if split == "train" else "val.txt").write_text("\n".join(ids) + "\n")
-        if split == "train":
-            lists.joinpath("train.txt").write_text("\n".join(ids[:6]) + "\n")
+    ids = write_voc(root, {"train_aug": _dataset("train"), "val": _dataset("val")})
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(ids["train_aug"][:6]) + "\n")
     tree = yaml.safe_load(mini_config.read_text())
     tree["data"].update(name="voc", root=str(root), train_split="train_aug", val_split="val",
                         label_split="train_aug", score_split="train", options={})
