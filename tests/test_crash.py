@@ -194,6 +194,27 @@ def _assert_same_run(resumed: dict, straight: dict) -> None:
     assert json.dumps(history[0]) == json.dumps(history[1])  # as text: the AP of an absent class is NaN
 
 
+# ---- the file writes ------------------------------------------------------------------------------
+def test_a_write_killed_half_way_leaves_the_previous_file(tmp_path):
+    """Every output goes through :func:`rca.io.atomic_open`: a process killed in the middle of a
+    write leaves the file as it was (here: its old bytes) and the partial bytes under a hidden
+    temporary name that no stage reads."""
+    target, hold, log = tmp_path / "labels" / "a.png", tmp_path / "hold", tmp_path / "writer.log"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    os.mkfifo(hold)
+    code = ("import sys\nfrom rca.io import atomic_open\nwith atomic_open(sys.argv[1]) as f:\n"
+            "    f.write(b'new, half written')\n    f.flush()\n    open(sys.argv[2], 'rb').read()\n")
+    with open(log, "wb") as out:
+        writer = subprocess.Popen([sys.executable, "-c", code, str(target), str(hold)], cwd=REPO, stdout=out,
+                                  stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+    _kill_at_read(writer, hold, log)  # in the middle of the write
+    assert target.read_bytes() == b"old"
+    (partial,) = [p for p in target.parent.iterdir() if p != target]
+    assert partial.name.startswith(".a.png.") and partial.suffix == ".tmp"
+    assert partial.read_bytes() == b"new, half written"
+
+
 # ---- the trainers ----------------------------------------------------------------------------------
 def test_train_cls_killed_mid_epoch_resumes_to_the_uninterrupted_weights(voc, classifier, tmp_path):
     """Killed when epoch 1 reads its second batch (after one step of epoch 1, with the memory bank's
@@ -315,3 +336,23 @@ def test_a_run_killed_in_its_last_metrics_write_is_resumed_not_taken_as_finished
     metrics = json.loads((tmp_path / stage / "metrics.json").read_text())
     assert metrics[unit] == last["done"] == {"cls": 2, "seg": 6}[stage]
     assert json.dumps(metrics["history"]) == json.dumps(last["history"])
+
+
+def test_gen_labels_killed_while_scoring_new_labels_leaves_no_old_scores(voc, classifier, tmp_path, monkeypatch):
+    """``--overwrite`` with another threshold rewrites every label and is killed while scoring: the
+    rerun scores the new labels instead of reporting the old run's ``metrics.json``."""
+    args = _args(voc[0], tmp_path, "--checkpoint", str(classifier / "cls" / "best.pt"))
+    assert gen_labels.main(args) == 0
+    old = json.loads((tmp_path / "labels" / "metrics.json").read_text())
+
+    def killed(*_):
+        raise Killed
+
+    monkeypatch.setattr(gen_labels, "score", killed)
+    with pytest.raises(Killed):
+        gen_labels.main([*args, "--overwrite", "--set", "labels.bg_threshold=0.3"])
+    monkeypatch.undo()
+    assert gen_labels.main([*args, "--set", "labels.bg_threshold=0.3"]) == 0
+    scores = json.loads((tmp_path / "labels" / "metrics.json").read_text())
+    assert scores["protocol"]["threshold"] == 0.3 != old["protocol"]["threshold"]
+    assert scores["pseudo_label"] != old["pseudo_label"]  # the labels did change
