@@ -115,6 +115,7 @@ def build_job(config, work_dir: Path) -> LabelJob:
     """The per-image context of this run: both splits, the folders, the rule, the thresholds."""
     data, labels_cfg = config.data, config.labels
     label_set = build_dataset(data.name, data.root, data.label_split, **data.options)
+    label_set.require_tags("data.label_split")  # CAMs are made for the tagged classes
     score_set = label_set
     if score_split(data) != data.label_split:
         score_set = build_dataset(data.name, data.root, score_split(data), **data.options)

@@ -141,9 +141,11 @@ def build_datasets(config):
     data, cfg = config.data, config.cls
     transform = train_transform(cfg.crop_size, resize_long=cfg.resize_long, color_jitter=cfg.color_jitter)
     train_set = build_dataset(data.name, data.root, data.train_split, transform=transform, **data.options)
+    train_set.require_tags("data.train_split")
     val_set = None
     if data.val_split:
         val_set = build_dataset(data.name, data.root, data.val_split, transform=eval_transform(), **data.options)
+        val_set.require_tags("data.val_split")  # scored by tag-prediction mAP
     return train_set, val_set
 
 

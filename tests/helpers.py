@@ -27,12 +27,12 @@ def blurred_edge(centre: float, size: int = 40, width: float = 3.0) -> np.ndarra
     return (1 / (1 + np.exp(-(columns - centre) / width)))[None].repeat(size, 0).astype(np.float32)
 
 
-def write_voc(root: Path, splits: dict) -> dict[str, list[str]]:
+def write_voc(root: Path, splits: dict, images_only: tuple[str, ...] = ()) -> dict[str, list[str]]:
     """Write datasets as a VOC2012 folder: ``root/JPEGImages/<id>.jpg`` (JPEG quality 95),
-    ``root/SegmentationClassAug/<id>.png`` (for items with a ``mask``) and one
-    ``root/ImageSets/Segmentation/<split>.txt`` list per entry of ``splits`` (``{split: dataset}``,
-    datasets without a transform). Ids are ``<split>_<item id>`` (the synthetic splits reuse ids);
-    returns them, ``{split: ids}``."""
+    ``root/SegmentationClassAug/<id>.png`` (except for the splits in ``images_only``, like VOC's
+    ``test``) and one ``root/ImageSets/Segmentation/<split>.txt`` list per entry of ``splits``
+    (``{split: dataset}``, datasets without a transform). Ids are ``<split>_<item id>`` (the
+    synthetic splits reuse ids); returns them, ``{split: ids}``."""
     lists = root / "ImageSets" / "Segmentation"
     for folder in (root / "JPEGImages", root / "SegmentationClassAug", lists):
         folder.mkdir(parents=True, exist_ok=True)
@@ -42,7 +42,7 @@ def write_voc(root: Path, splits: dict) -> dict[str, list[str]]:
         for index, name in enumerate(written[split]):
             item = dataset[index]
             Image.fromarray(item["image"]).save(root / "JPEGImages" / f"{name}.jpg", quality=95)
-            if "mask" in item:
+            if split not in images_only:
                 Image.fromarray(item["mask"].astype(np.uint8)).save(root / "SegmentationClassAug" / f"{name}.png")
         (lists / f"{split}.txt").write_text("\n".join(written[split]) + "\n")
     return written

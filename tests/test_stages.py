@@ -26,14 +26,14 @@ import torch
 import yaml
 from PIL import Image
 
-from rca.config import SegConfig, load_config
-from rca.data import build_dataset
+from rca.config import SegConfig, config_to_dict, load_config
+from rca.data import build_dataset, make_palette
 from rca.data.transforms import eval_transform
 from rca.engine.checkpoint import load_checkpoint, save_checkpoint
 from rca.io import load_label_png, load_npy
 from rca.metrics import ConfusionMatrix, average_precision
 from rca.models.classifier import build_classifier
-from rca.models.deeplab import build_deeplab, deeplab_param_groups
+from rca.models.deeplab import build_deeplab, deeplab_args, deeplab_param_groups
 from rca.pseudo_labels import constant_background
 from rca.segment import predict_probs, segmentation_loss
 from stages import gen_labels, infer, train_cls, train_seg
@@ -611,6 +611,41 @@ def test_infer_writes_a_label_of_the_input_size_per_image(pipeline, tmp_path):
     with torch.inference_mode():
         expected = predict_probs(model, _dataset("val", eval_transform())[0]["image"]).argmax(0).numpy()
     np.testing.assert_array_equal(load_label_png(output / "val0.png"), expected)
+
+
+def test_infer_predicts_a_split_without_masks_or_tags(tmp_path):
+    """``--split test`` of a VOC root whose test split has images only (as VOC2012's): one label per id,
+    the network's prediction on the dataset item; ``--root`` replaces the checkpoint's data.root. The
+    classifier and CAM stages refuse that split by its config key (no tags)."""
+    root = tmp_path / "VOC2012"
+    ids = write_voc(root, {"test": _dataset("val")}, images_only=("test",))["test"]
+    overrides = ["data.name=voc", f"data.root={tmp_path / 'moved'}", "data.options={}"]
+    config = load_config(REPO / "rca" / "configs" / "demo.yaml", overrides)
+    torch.manual_seed(0)
+    model_args = {**deeplab_args(config.seg, 21), "pretrained": "none"}
+    model = build_deeplab(**model_args).eval()
+    checkpoint, output = tmp_path / "seg.pt", tmp_path / "out"
+    save_checkpoint(checkpoint, {"model": model.state_dict(), "model_args": model_args, "palette": make_palette(21),
+                                 "config": config_to_dict(config)})
+    args = ["--checkpoint", str(checkpoint), "--split", "test", "--output", str(output), "--device", "cpu"]
+    with pytest.raises(FileNotFoundError, match="moved"):  # the checkpoint's data.root
+        infer.main(args)
+    assert infer.main([*args, "--root", str(root)]) == 0
+    assert sorted(p.name for p in output.iterdir()) == sorted(f"{name}{end}" for name in ids
+                                                              for end in (".png", "_overlay.png"))
+    dataset = build_dataset("voc", root, "test", transform=eval_transform())
+    with torch.inference_mode():
+        for index in range(len(dataset)):
+            item = dataset[index]
+            expected = predict_probs(model, item["image"]).argmax(0).numpy()
+            np.testing.assert_array_equal(load_label_png(output / f"{item['id']}.png"), expected)
+
+    stage_args = ["--work-dir", str(tmp_path / "run"), "--device", "cpu", "--set", "data.name=voc",
+                  "--set", f"data.root={root}", "--set", "data.options={}"]
+    with pytest.raises(ValueError, match="data.train_split: VOC split 'test' has no image-level tags"):
+        train_cls.main([*stage_args, "--set", "data.train_split=test", "--set", "data.val_split=null"])
+    with pytest.raises(ValueError, match="data.label_split: VOC split 'test' has no image-level tags"):
+        gen_labels.main([*stage_args, "--set", "data.label_split=test"])
 
 
 # ---- the VOC protocol: labels made for the segmentation split, scored on its subset with masks -------
