@@ -51,6 +51,7 @@ SEED = 0  # demo.yaml's
 CLS_BATCH, SEG_BATCH = 8, 4
 TIMEOUT = 300  # seconds a stage may take to reach a piped image (a few, unloaded)
 TIMINGS = {"s_per_iter", "peak_memory_mb"}  # history keys that measure the machine, not the run
+pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="the kill points are named pipes (POSIX)")
 
 # demo.yaml shrunk: 16 training images of 48x48 (2 classifier iterations or 4 DeepLab iterations an
 # epoch), 8 val images, one test scale; DeepLab trains on the true masks, independent of gen_labels.
