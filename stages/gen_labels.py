@@ -127,6 +127,7 @@ def build_job(config, work_dir: Path) -> LabelJob:
     """The per-image context of this run: both splits, the folders, the rule, the thresholds."""
     data, labels_cfg = config.data, config.labels
     label_set = build_dataset(data.name, data.root, data.label_split, **data.options)
+    label_set.require_tags("data.label_split")  # CAMs are made for the tagged classes
     score_set = label_set
     if score_split(data) != data.label_split:
         score_set = build_dataset(data.name, data.root, score_split(data), **data.options)
@@ -136,19 +137,26 @@ def build_job(config, work_dir: Path) -> LabelJob:
 
 
 def make_labels(job: LabelJob, pool: WorkerPool, indices: list[int], args, config, work_dir: Path, log) -> dict:
-    """CAMs, then pseudo labels, of the images ``indices`` that lack them; returns their speeds."""
+    """CAMs, then pseudo labels, of the images ``indices`` that lack them; returns their speeds.
+
+    Before it writes any, it deletes ``labels/metrics.json``: scores stand for the files they were
+    computed from, and a run killed before it scores again must leave none of the old ones behind.
+    """
     timing, ids = {}, job.label_set.ids
-    todo = [i for i in indices if args.overwrite or not (job.cam_dir / f"{ids[i]}.npy").is_file()]
-    if todo:
+    cams_todo = [i for i in indices if args.overwrite or not (job.cam_dir / f"{ids[i]}.npy").is_file()]
+    labels_todo = [i for i in indices if args.overwrite or not (job.label_dir / f"{ids[i]}.png").is_file()]
+    if cams_todo or labels_todo:
+        (job.label_dir / "metrics.json").unlink(missing_ok=True)
+    if cams_todo:
         checkpoint = Path(args.checkpoint or work_dir / "cls" / "best.pt")
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        timing["cam_images_per_s"] = write_cams(job.label_set, todo, job.cam_dir, checkpoint, config, device, log)
-    todo = [i for i in indices if args.overwrite or not (job.label_dir / f"{ids[i]}.png").is_file()]
-    if todo:
+        timing["cam_images_per_s"] = write_cams(job.label_set, cams_todo, job.cam_dir, checkpoint, config,
+                                                device, log)
+    if labels_todo:
         start = time.perf_counter()
-        pool.map("make_label", todo, "pseudo labels")
-        timing["label_images_per_s"] = len(todo) / (time.perf_counter() - start)
-        log.info("pseudo labels: %d images, rule %s, CRF %s, %d process(es): %.2f images/s", len(todo),
+        pool.map("make_label", labels_todo, "pseudo labels")
+        timing["label_images_per_s"] = len(labels_todo) / (time.perf_counter() - start)
+        log.info("pseudo labels: %d images, rule %s, CRF %s, %d process(es): %.2f images/s", len(labels_todo),
                  job.rule.name, job.rule.crf, args.crf_processes, timing["label_images_per_s"])
     return timing
 
@@ -179,7 +187,7 @@ def main(argv=None) -> int:
             log.info("shard %s done; scores are computed once every shard has finished", args.shard)
             return 0
         metrics_path = job.label_dir / "metrics.json"
-        if metrics_path.is_file() and not timing:  # nothing new since the last scoring
+        if metrics_path.is_file():  # nothing new since the last scoring (make_labels deletes it otherwise)
             print(format_report(json.loads(metrics_path.read_text())))
             return 0
         metrics = score(job, pool, config, timing)

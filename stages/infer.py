@@ -1,17 +1,23 @@
-"""Predict segmentation masks for arbitrary images with a trained DeepLab-v2 checkpoint.
+"""Predict segmentation masks for arbitrary images, or a dataset split, with a trained DeepLab-v2 checkpoint.
 
     python stages/infer.py --checkpoint runs/<exp>/seg/best.pt --input IMAGE_OR_FOLDER --output DIR
                            [--scales 1.0 0.75 1.25] [--flip] [--crf] [--device cpu]
+    python stages/infer.py --checkpoint runs/voc12/seg/best.pt --split test [--root DIR] --output DIR
 
 For every image (``.jpg``, ``.jpeg``, ``.png``, ``.bmp``) writes ``DIR/<name>.png``, the predicted
 label map as a palette PNG of the input's size, and ``DIR/<name>_overlay.png``, the prediction
 blended over the image. The checkpoint carries the architecture, class names and palette.
+
+``--split`` predicts the images of a split of the dataset the checkpoint was trained on (its
+config's ``data.name``, ``data.options`` and ``data.root``, or ``--root``), named by image id. The
+split needs no masks or tags: VOC's ``test`` list gives the label PNGs its evaluation server takes.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from rca.cli import make_parser, parse_command_line
@@ -20,7 +26,10 @@ from rca.cli import make_parser, parse_command_line
 def parse_args(argv=None) -> argparse.Namespace:
     parser = make_parser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="train_seg checkpoint (best.pt or last.pt)")
-    parser.add_argument("--input", required=True, help="an image file or a folder of images")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="an image file or a folder of images")
+    source.add_argument("--split", help="a split of the checkpoint's dataset (e.g. test)")
+    parser.add_argument("--root", default=None, help="dataset root for --split (default: the checkpoint's data.root)")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="test-time scales (default 1.0)")
     parser.add_argument("--flip", action="store_true", help="add horizontal flips")
@@ -38,6 +47,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from rca.crf import dense_crf
+from rca.data import build_dataset
 from rca.data.transforms import eval_transform
 from rca.engine.checkpoint import load_checkpoint
 from rca.io import save_label_png, save_rgb_png
@@ -59,6 +69,36 @@ def list_images(path: Path) -> list[Path]:
     raise FileNotFoundError(f"--input {path} does not exist")
 
 
+def images_to_predict(args, checkpoint: dict) -> tuple[int, Iterator[tuple[str, np.ndarray]]]:
+    """The number of images to predict and an iterator of ``(name, (H, W, 3) uint8 RGB)`` over them:
+    the files of ``--input`` (named by file stem) or the items of ``--split`` (named by id).
+
+    Raises:
+        FileNotFoundError: ``--input`` names no image; the dataset root or split list is missing.
+        ValueError: ``--split`` with a checkpoint that records no config.
+    """
+    if args.input is not None:
+        paths = list_images(Path(args.input))
+        return len(paths), _read_files(paths)
+    if "config" not in checkpoint:
+        raise ValueError(f"{args.checkpoint} records no config (dataset name and root): use --input")
+    data = checkpoint["config"]["data"]
+    dataset = build_dataset(data["name"], args.root or data["root"], args.split, **data["options"])
+    return len(dataset), _read_items(dataset)
+
+
+def _read_files(paths: list[Path]) -> Iterator[tuple[str, np.ndarray]]:
+    for path in paths:
+        with Image.open(path) as image:
+            yield path.stem, np.array(image.convert("RGB"))  # a writable copy (torch.from_numpy warns otherwise)
+
+
+def _read_items(dataset) -> Iterator[tuple[str, np.ndarray]]:
+    for index in range(len(dataset)):
+        item = dataset[index]  # "id" and "image"; "tags" and "mask" only where the split has them
+        yield item["id"], item["image"]
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -69,17 +109,16 @@ def main(argv=None) -> int:
     palette = np.asarray(checkpoint["palette"], dtype=np.uint8)
     to_tensor = eval_transform()
     output = Path(args.output)
-    for path in tqdm(list_images(Path(args.input)), desc="infer"):
-        with Image.open(path) as image:
-            rgb = np.array(image.convert("RGB"))  # a writable copy (torch.from_numpy warns on a read-only one)
-        probs = predict_probs(model, to_tensor({"id": path.stem, "image": rgb})["image"], args.scales, args.flip)
+    count, images = images_to_predict(args, checkpoint)
+    for name, rgb in tqdm(images, total=count, desc="infer"):
+        probs = predict_probs(model, to_tensor({"id": name, "image": rgb})["image"], args.scales, args.flip)
         if args.crf:
             prediction = dense_crf(rgb, probs.cpu().numpy(), preset="deeplab").argmax(0)
         else:
             prediction = probs.argmax(0).cpu().numpy()
-        save_label_png(output / f"{path.stem}.png", prediction, palette)
+        save_label_png(output / f"{name}.png", prediction, palette)
         overlay = (0.5 * rgb + 0.5 * palette[prediction]).astype(np.uint8)
-        save_rgb_png(output / f"{path.stem}_overlay.png", overlay)
+        save_rgb_png(output / f"{name}_overlay.png", overlay)
     return 0
 
 

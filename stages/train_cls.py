@@ -60,7 +60,6 @@ from rca.engine.logs import TrainingProgress, peak_memory_mb, setup_logger
 from rca.engine.optim import grad_scaler, optimizer_step, poly_scheduler, use_amp
 from rca.engine.run import EXIT_REFUSED, TrainingRun
 from rca.engine.seeding import seed_epoch, seed_everything, worker_init_fn
-from rca.io import save_json
 from rca.models.classifier import attention_statistics, build_classifier, classifier_args, rca_classification_loss
 
 
@@ -150,9 +149,11 @@ def build_datasets(config):
     data, cfg = config.data, config.cls
     transform = train_transform(cfg.crop_size, resize_long=cfg.resize_long, color_jitter=cfg.color_jitter)
     train_set = build_dataset(data.name, data.root, data.train_split, transform=transform, **data.options)
+    train_set.require_tags("data.train_split")
     val_set = None
     if data.val_split:
         val_set = build_dataset(data.name, data.root, data.val_split, transform=eval_transform(), **data.options)
+        val_set.require_tags("data.val_split")  # scored by tag-prediction mAP
     return train_set, val_set
 
 
@@ -220,16 +221,16 @@ def main(argv=None) -> int:
 
 def save_run(run: TrainingRun, model, model_args: dict, space, config, improved: bool, optimizer, scheduler,
              scaler, has_val: bool) -> None:
-    """``last.pt`` / ``best.pt`` (everything gen_labels needs to rebuild the model) and ``metrics.json``."""
+    """``metrics.json``, ``best.pt`` and ``last.pt`` (everything gen_labels needs to rebuild the model)."""
     state = {"model": model.state_dict(), "model_args": {**model_args, "pretrained": "none"},
              "class_names": space.tag_names, "has_background": space.has_background, "epoch": run.done - 1,
              "config": config_to_dict(config)}
-    run.save(state, improved, optimizer, scheduler, scaler)
-    save_json(run.out_dir / "metrics.json", {
+    metrics = {
         "method": config.cls.method, "epochs_done": run.done, "epochs": config.cls.epochs,
         "best_val_map": run.best_score if has_val else None, "val_ap_by_class": run.best_record().get("val_ap"),
         "history": run.history,
-    })
+    }
+    run.save(state, improved, optimizer, scheduler, scaler, metrics)
 
 
 if __name__ == "__main__":

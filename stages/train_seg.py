@@ -259,18 +259,18 @@ def main(argv=None) -> int:
 
 def save_run(run: TrainingRun, model, model_args: dict, train_set, config, improved: bool, optimizer, scheduler,
              scaler, training_modules: dict) -> None:
-    """``last.pt`` / ``best.pt`` (with what ``infer.py`` needs: architecture, class names, palette) and metrics;
-    ``training_modules`` (the contrastive heads and memories) go into ``last.pt`` only."""
+    """``metrics.json``, ``best.pt`` and ``last.pt`` (with what ``infer.py`` needs: architecture, class names,
+    palette); ``training_modules`` (the contrastive heads and memories) go into ``last.pt`` only."""
     state = {"model": model.state_dict(), "model_args": {**model_args, "pretrained": "none"},
              "class_names": train_set.class_names, "palette": train_set.palette, "iteration": run.done,
              "config": config_to_dict(config)}
-    run.save(state, improved, optimizer, scheduler, scaler, training_modules)
     best = run.best_record()
-    save_json(run.out_dir / "metrics.json", {
+    metrics = {
         "labels": config.seg.labels, "iterations_done": run.done, "iterations": config.seg.iterations,
         "best_val_miou": best.get("val_miou"), "iou_by_class": best.get("val_iou"),
         "protocol": protocol(cfg=config.seg), "history": run.history,
-    })
+    }
+    run.save(state, improved, optimizer, scheduler, scaler, metrics, training_modules)
 
 
 if __name__ == "__main__":

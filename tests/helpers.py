@@ -1,5 +1,5 @@
-"""Small fixtures shared by several test files: a colour-edge image with a blurred score, and a
-two-process gloo launcher for the distributed code paths."""
+"""Small fixtures shared by several test files: a colour-edge image with a blurred score, a writer
+of datasets in the PASCAL VOC layout, and a two-process gloo launcher for the distributed code paths."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from PIL import Image
 
 EDGE = 20  # true object boundary of edge_image: columns >= EDGE are the object
 
@@ -25,6 +26,27 @@ def blurred_edge(centre: float, size: int = 40, width: float = 3.0) -> np.ndarra
     a blurred object score whose 50% boundary is at ``centre`` rather than at the true edge."""
     columns = np.arange(size, dtype=np.float32)
     return (1 / (1 + np.exp(-(columns - centre) / width)))[None].repeat(size, 0).astype(np.float32)
+
+
+def write_voc(root: Path, splits: dict, images_only: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """Write datasets as a VOC2012 folder: ``root/JPEGImages/<id>.jpg`` (JPEG quality 95),
+    ``root/SegmentationClassAug/<id>.png`` (except for the splits in ``images_only``, like VOC's
+    ``test``) and one ``root/ImageSets/Segmentation/<split>.txt`` list per entry of ``splits``
+    (``{split: dataset}``, datasets without a transform). Ids are ``<split>_<item id>`` (the
+    synthetic splits reuse ids); returns them, ``{split: ids}``."""
+    lists = root / "ImageSets" / "Segmentation"
+    for folder in (root / "JPEGImages", root / "SegmentationClassAug", lists):
+        folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for split, dataset in splits.items():
+        written[split] = [f"{split}_{name}" for name in dataset.ids]
+        for index, name in enumerate(written[split]):
+            item = dataset[index]
+            Image.fromarray(item["image"]).save(root / "JPEGImages" / f"{name}.jpg", quality=95)
+            if split not in images_only:
+                Image.fromarray(item["mask"].astype(np.uint8)).save(root / "SegmentationClassAug" / f"{name}.png")
+        (lists / f"{split}.txt").write_text("\n".join(written[split]) + "\n")
+    return written
 
 
 def _init_and_run(rank: int, world_size: int, init_file: str, worker, args: tuple) -> None:

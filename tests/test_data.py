@@ -14,7 +14,10 @@ from rca.data import build_dataset, dataset_options, make_palette
 from rca.data.base import tags_from_mask
 from rca.data.palette import palette_from_colors
 from rca.data.synthetic import SHAPE_COLORS
+from rca.data.transforms import eval_transform
 from rca.io import save_label_png
+
+from helpers import write_voc
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MSRC_VALUE_MAP = {0: 255, **{raw: raw - 1 for raw in range(1, 24)}}
@@ -119,19 +122,31 @@ def test_voc_cls_labels_both_key_styles(tmp_path):
         build_dataset("voc", root, "train", cls_labels=str(tmp_path / "short.npy"))
 
 
-def test_voc_split_without_masks(tmp_path):
+def test_voc_test_split_has_images_only(tmp_path):
+    """VOC2012 test (a list and JPEGs, no masks, no annotations) loads as items {"id", "image"}; tags
+    come only from a cls_labels file; training the classifier on it is refused by name."""
     root = tmp_path / "VOC2012"
-    (root / "JPEGImages").mkdir(parents=True)
-    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
-    Image.fromarray(np.full((5, 7, 3), 100, np.uint8)).save(root / "JPEGImages" / "2012_000001.jpg")
-    (root / "ImageSets" / "Segmentation" / "test.txt").write_text("2012_000001\n")
-    with pytest.raises(ValueError, match="cls_labels"):
-        build_dataset("voc", root, "test")
-    np.save(tmp_path / "cls.npy", {"2012_000001": np.arange(20) == 3})
-    dataset = build_dataset("voc", root, "test", cls_labels=tmp_path / "cls.npy")
-    item = dataset[0]
-    assert not dataset.has_masks and "mask" not in item
-    assert item["image"].shape == (5, 7, 3) and np.flatnonzero(item["tags"]).tolist() == [3]
+    synthetic = {split: build_dataset("synthetic", None, split, num_images=3, image_size=32)
+                 for split in ("train", "test")}
+    ids = write_voc(root, synthetic, images_only=("test",))
+    dataset = build_dataset("voc", root, "test")
+    assert dataset.ids == ids["test"] and len(dataset) == 3
+    assert not dataset.has_masks and not dataset.has_tags and dataset.num_tags == 20
+    for index in range(3):
+        item = dataset[index]
+        assert set(item) == {"id", "image"} and item["id"] == ids["test"][index]
+        assert item["image"].shape == (32, 32, 3) and item["image"].dtype == np.uint8
+    assert set(build_dataset("voc", root, "test", transform=eval_transform())[0]) == {"id", "image"}
+    for call in (lambda: dataset.require_tags("data.train_split"), dataset.load_tags):
+        with pytest.raises(ValueError, match=r"split 'test' has no image-level tags.*SegmentationClassAug.*cls_labels"):
+            call()
+    assert build_dataset("voc", root, "train").has_tags  # from its masks
+
+    np.save(tmp_path / "cls.npy", {name: np.arange(20) == 3 for name in ids["test"]})
+    tagged = build_dataset("voc", root, "test", cls_labels=tmp_path / "cls.npy")
+    assert tagged.has_tags and not tagged.has_masks and set(tagged[0]) == {"id", "image", "tags"}
+    assert np.flatnonzero(tagged[0]["tags"]).tolist() == [3]
+    tagged.require_tags("data.train_split")
     with pytest.raises(FileNotFoundError, match="val.txt"):
         build_dataset("voc", root, "val")
 

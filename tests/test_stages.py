@@ -27,17 +27,19 @@ import torch
 import yaml
 from PIL import Image
 
-from rca.config import SegConfig, load_config
-from rca.data import build_dataset
+from rca.config import SegConfig, config_to_dict, load_config
+from rca.data import build_dataset, make_palette
 from rca.data.transforms import eval_transform
 from rca.engine.checkpoint import load_checkpoint, save_checkpoint
 from rca.io import load_label_png, load_npy
 from rca.metrics import ConfusionMatrix, average_precision
 from rca.models.classifier import build_classifier
-from rca.models.deeplab import build_deeplab, deeplab_param_groups
+from rca.models.deeplab import build_deeplab, deeplab_args, deeplab_param_groups
 from rca.pseudo_labels import constant_background
 from rca.segment import predict_probs, segmentation_loss
 from stages import gen_labels, infer, train_cls, train_seg
+
+from helpers import write_voc
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_IMAGES, IMAGE_SIZE, NUM_FOREGROUND = 16, 48, 2
@@ -45,18 +47,18 @@ CLASS_NAMES = ["background", "disc", "square"]
 
 
 class Interrupted(Exception):
-    """Raised by a patched ``save_json`` to stop a stage right after its first checkpoint."""
+    """Raised by a patched ``save_run`` to stop a stage right after its first checkpoint."""
 
 
 def _interrupt_after_first_checkpoint(monkeypatch, stage) -> None:
-    """Make ``stage`` crash right after it has written its first ``last.pt`` and ``metrics.json``."""
-    real_save_json = stage.save_json
+    """Make ``stage`` crash right after it has written its first ``metrics.json`` and ``last.pt``."""
+    real_save_run = stage.save_run
 
-    def save_then_crash(path, obj):
-        real_save_json(path, obj)
+    def save_then_crash(*args, **kwargs):
+        real_save_run(*args, **kwargs)
         raise Interrupted
 
-    monkeypatch.setattr(stage, "save_json", save_then_crash)
+    monkeypatch.setattr(stage, "save_run", save_then_crash)
 
 
 def _mtimes(folder: Path, suffixes=(".pt", ".npy", ".png", ".json")) -> dict[str, int]:
@@ -636,25 +638,49 @@ def test_infer_writes_a_label_of_the_input_size_per_image(pipeline, tmp_path):
     np.testing.assert_array_equal(load_label_png(output / "val0.png"), expected)
 
 
+def test_infer_predicts_a_split_without_masks_or_tags(tmp_path):
+    """``--split test`` of a VOC root whose test split has images only (as VOC2012's): one label per id,
+    the network's prediction on the dataset item; ``--root`` replaces the checkpoint's data.root. The
+    classifier and CAM stages refuse that split by its config key (no tags)."""
+    root = tmp_path / "VOC2012"
+    ids = write_voc(root, {"test": _dataset("val")}, images_only=("test",))["test"]
+    overrides = ["data.name=voc", f"data.root={tmp_path / 'moved'}", "data.options={}"]
+    config = load_config(REPO / "rca" / "configs" / "demo.yaml", overrides)
+    torch.manual_seed(0)
+    model_args = {**deeplab_args(config.seg, 21), "pretrained": "none"}
+    model = build_deeplab(**model_args).eval()
+    checkpoint, output = tmp_path / "seg.pt", tmp_path / "out"
+    save_checkpoint(checkpoint, {"model": model.state_dict(), "model_args": model_args, "palette": make_palette(21),
+                                 "config": config_to_dict(config)})
+    args = ["--checkpoint", str(checkpoint), "--split", "test", "--output", str(output), "--device", "cpu"]
+    with pytest.raises(FileNotFoundError, match="moved"):  # the checkpoint's data.root
+        infer.main(args)
+    assert infer.main([*args, "--root", str(root)]) == 0
+    assert sorted(p.name for p in output.iterdir()) == sorted(f"{name}{end}" for name in ids
+                                                              for end in (".png", "_overlay.png"))
+    dataset = build_dataset("voc", root, "test", transform=eval_transform())
+    with torch.inference_mode():
+        for index in range(len(dataset)):
+            item = dataset[index]
+            expected = predict_probs(model, item["image"]).argmax(0).numpy()
+            np.testing.assert_array_equal(load_label_png(output / f"{item['id']}.png"), expected)
+
+    stage_args = ["--work-dir", str(tmp_path / "run"), "--device", "cpu", "--set", "data.name=voc",
+                  "--set", f"data.root={root}", "--set", "data.options={}"]
+    with pytest.raises(ValueError, match="data.train_split: VOC split 'test' has no image-level tags"):
+        train_cls.main([*stage_args, "--set", "data.train_split=test", "--set", "data.val_split=null"])
+    with pytest.raises(ValueError, match="data.label_split: VOC split 'test' has no image-level tags"):
+        gen_labels.main([*stage_args, "--set", "data.label_split=test"])
+
+
 # ---- the VOC protocol: labels made for the segmentation split, scored on its subset with masks -------
 @pytest.fixture(scope="module")
 def voc_pipeline(mini_config, tmp_path_factory):
     """``run_all.sh`` on a VOC-layout copy of the miniature data: ``train_aug`` (16 images) is what the
     classifier and DeepLab train on and what gets pseudo labels; ``train`` (its first 6) is scored."""
     root = tmp_path_factory.mktemp("voc") / "VOC2012"
-    lists = root / "ImageSets" / "Segmentation"
-    for folder in (root / "JPEGImages", root / "SegmentationClassAug", lists):
-        folder.mkdir(parents=True)
-    for split in ("train", "val"):
-        dataset = _dataset(split)
-        ids = [f"{split}_{name}" for name in dataset.ids]  # synthetic train and val ids may collide
-        for index, name in enumerate(ids):
-            item = dataset[index]
-            Image.fromarray(item["image"]).save(root / "JPEGImages" / f"{name}.jpg", quality=95)
-            Image.fromarray(item["mask"].astype(np.uint8)).save(root / "SegmentationClassAug" / f"{name}.png")
-        lists.joinpath("train_aug.txt" if split == "train" else "val.txt").write_text("\n".join(ids) + "\n")
-        if split == "train":
-            lists.joinpath("train.txt").write_text("\n".join(ids[:6]) + "\n")
+    ids = write_voc(root, {"train_aug": _dataset("train"), "val": _dataset("val")})
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(ids["train_aug"][:6]) + "\n")
     tree = yaml.safe_load(mini_config.read_text())
     tree["data"].update(name="voc", root=str(root), train_split="train_aug", val_split="val",
                         label_split="train_aug", score_split="train", options={})

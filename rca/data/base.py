@@ -1,10 +1,14 @@
 """What every dataset of the project shares: the item format, image-level tags, file checks.
 
 An item is a dict ``{"id": str, "image": (H, W, 3) uint8 RGB, "tags": (T,) float32 multi-hot,
-"mask": (H, W) int64}`` (``mask`` only when the dataset has masks; 255 = ignore). Tags are the
-image-level labels of weakly supervised segmentation: with a background class (VOC, COCO) tag ``j``
-is class ``j + 1`` and ``T = num_classes - 1``; without one (MSRC, CamVid) tag ``j`` is class ``j``
-and ``T = num_classes`` (:class:`rca.data.label_space.LabelSpace`, a dataset's ``label_space``).
+"mask": (H, W) int64}``; ``mask`` only when the dataset has masks (255 = ignore), ``tags`` only when
+it has tags (``has_tags``). Tags are the image-level labels of weakly supervised segmentation: with
+a background class (VOC, COCO) tag ``j`` is class ``j + 1`` and ``T = num_classes - 1``; without one
+(MSRC, CamVid) tag ``j`` is class ``j`` and ``T = num_classes``
+(:class:`rca.data.label_space.LabelSpace`, a dataset's ``label_space``). By default they come from
+the mask; a split with neither masks nor a tag file (VOC's ``test``: images only) yields items
+``{"id", "image"}``, enough to predict on (``stages/infer.py --split``) but not to train the
+classifier or make CAMs (:meth:`SegmentationDataset.require_tags`).
 """
 
 from __future__ import annotations
@@ -104,7 +108,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
     Subclasses set the attributes below in ``__init__`` and implement :meth:`load_image`, plus
     :meth:`load_mask` when ``has_masks``. Tags come from the mask by default; a dataset with a
     cheaper or different source (COCO's annotations, VOC's ``cls_labels.npy``) overrides
-    :meth:`image_tags`.
+    :meth:`image_tags` or fills ``_tags``; one with neither masks nor such a source passes
+    ``has_tags=False``.
 
     Attributes:
         ids: image ids, in split-file order.
@@ -112,6 +117,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         num_classes: ``len(class_names)``.
         has_background: whether class 0 is background (it then has no tag).
         has_masks: whether items carry ``mask``.
+        has_tags: whether items carry ``tags``.
         palette: ``(256, 3)`` uint8 colour table for label PNGs.
         transform: callable applied to each item dict (e.g. :func:`rca.data.transforms.train_transform`).
     """
@@ -125,11 +131,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
         has_masks: bool,
         palette: np.ndarray,
         transform: Callable[[Item], Item] | None = None,
+        has_tags: bool = True,
     ) -> None:
         self.ids = list(ids)
         self.class_names = list(class_names)
         self.has_background = has_background
         self.has_masks = has_masks
+        self.has_tags = has_tags
         self.palette = palette
         self.transform = transform
         self._tags: np.ndarray | None = None
@@ -168,8 +176,24 @@ class SegmentationDataset(torch.utils.data.Dataset):
             mask = self.load_mask(index)
         return tags_from_mask(mask, self.num_classes, self.has_background)
 
+    def require_tags(self, key: str) -> None:
+        """Raise ValueError, naming the config ``key`` that chose this split, if its items have no tags.
+
+        The classifier trains on tags and CAMs are made for the tagged classes; a split without
+        masks has tags only from a tag file (VOC: the ``cls_labels`` option).
+        """
+        if not self.has_tags:
+            raise ValueError(f"{key}: this {type(self).__name__} split has no image-level tags (no masks and no "
+                             f"tag file, e.g. VOC's data.options.cls_labels): choose a split with masks or give "
+                             f"its tag file")
+
     def load_tags(self) -> np.ndarray:
-        """``(len(self), num_tags)`` float32 tags of all items, computed once and kept in memory."""
+        """``(len(self), num_tags)`` float32 tags of all items, computed once and kept in memory.
+
+        Raises:
+            ValueError: the items have no tags (``has_tags`` false).
+        """
+        self.require_tags("load_tags()")
         if self._tags is None:
             tags = np.zeros((len(self), self.num_tags), dtype=np.float32)
             for index in range(len(self)):
@@ -184,7 +208,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             mask = self.load_mask(index)
             self.check_mask(index, mask, item["image"].shape[:2])
             item["mask"] = mask
-        item["tags"] = self._tags[index].copy() if self._tags is not None else self.image_tags(index, mask)
+        if self.has_tags:
+            item["tags"] = self._tags[index].copy() if self._tags is not None else self.image_tags(index, mask)
         return self.transform(item) if self.transform is not None else item
 
     def check_mask(self, index: int, mask: np.ndarray, image_size: tuple[int, int]) -> None:
@@ -206,7 +231,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({len(self)} images, {self.num_classes} classes, "
-            f"background={self.has_background}, masks={self.has_masks})"
+            f"background={self.has_background}, masks={self.has_masks}, tags={self.has_tags})"
         )
 
 

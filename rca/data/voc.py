@@ -17,7 +17,9 @@ Image-level tags come from ``cls_labels`` when given: the ``cls_labels.npy`` of 
 Kwak, CVPR 2018; Ahn et al., CVPR 2019), a pickled dict ``{id: (20,) 0/1 vector}`` keyed by the id
 string (PSA) or by the id as an integer without its underscore, ``2007_000032 -> 2007000032`` (IRN).
 Otherwise tags are the foreground classes present in the mask, which is what the released
-``make_cls_labels.py`` scripts compute from SegmentationClassAug.
+``make_cls_labels.py`` scripts compute from SegmentationClassAug. A split without masks and without
+``cls_labels`` (the VOC2012 ``test`` list: 1,456 JPEGs, no annotations) gives items ``{"id",
+"image"}`` only, for prediction (``stages/infer.py --split test``).
 """
 
 from __future__ import annotations
@@ -90,7 +92,6 @@ class VOCSegmentation(SegmentationDataset):
     Raises:
         FileNotFoundError: missing root, split file or ``cls_labels`` file; or masks for only some of
             the split's images (the message says which mask folder to get).
-        ValueError: a split without masks (e.g. ``test``) and no ``cls_labels`` to take tags from.
     """
 
     def __init__(
@@ -101,7 +102,7 @@ class VOCSegmentation(SegmentationDataset):
         *,
         cls_labels: str | os.PathLike | None = None,
     ) -> None:
-        self.root = resolve_root(Path(root).expanduser())
+        self.root, self.split = resolve_root(Path(root).expanduser()), split
         split_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
         hint = (
             "Choose a split that has a list there, or set `data.root` to the VOC2012 folder; "
@@ -113,15 +114,10 @@ class VOCSegmentation(SegmentationDataset):
         has_masks = self._find_masks(ids, split)
         super().__init__(
             ids, VOC_CLASSES, has_background=True, has_masks=has_masks, palette=make_palette(len(VOC_CLASSES)),
-            transform=transform,
+            transform=transform, has_tags=has_masks or cls_labels is not None,
         )
         if cls_labels is not None:
             self._tags = load_cls_labels(cls_labels, self.ids)  # serves load_tags and every item
-        elif not has_masks:
-            raise ValueError(
-                f"VOC split {split!r} has no masks in {self.mask_dir}, so its image-level tags must come "
-                f"from a PSA/IRN cls_labels.npy: set the dataset option `cls_labels`"
-            )
 
     def _find_masks(self, ids: list[str], split: str) -> bool:
         present = {name[:-4] for name in os.listdir(self.mask_dir)} if self.mask_dir.is_dir() else set()
@@ -133,6 +129,14 @@ class VOCSegmentation(SegmentationDataset):
                 f"masks to {self.root / 'SegmentationClassAug'} with scripts/prepare_voc.py."
             )
         return not missing
+
+    def require_tags(self, key: str) -> None:
+        if not self.has_tags:
+            raise ValueError(
+                f"{key}: VOC split {self.split!r} has no image-level tags: no masks in {self.mask_dir} and no "
+                f"cls_labels file. Write the masks (scripts/prepare_voc.py makes SegmentationClassAug) or set "
+                f"data.options.cls_labels to a PSA/IRN cls_labels.npy"
+            )
 
     def load_image(self, index: int) -> np.ndarray:
         return read_image(self.root / "JPEGImages" / f"{self.ids[index]}.jpg")

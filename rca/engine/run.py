@@ -6,7 +6,12 @@ A trainer writes into one folder ``out_dir``:
   needs to continue exactly (optimizer, LR scheduler, AMP scaler, RNG states) and the bookkeeping
   below;
 * ``best.pt``: the state of the step with the best validation score so far (the last step when the
-  run has no validation).
+  run has no validation);
+* ``metrics.json``: what the trainer reports of the run so far.
+
+``last.pt`` is written last, after the other two: it is what marks a step done, so a run killed
+while writing them has no ``last.pt`` of that step and redoes it on ``--resume`` (it is never taken
+as finished with the files of the step before).
 
 Bookkeeping keys every checkpoint carries: ``done`` (epochs or iterations finished), ``best_score``
 (best validation score so far, -1 before any) and ``history`` (one record per validated step).
@@ -28,6 +33,7 @@ import torch
 from rca.config import save_config
 from rca.engine.checkpoint import load_checkpoint, restore_training_state, save_training_state
 from rca.engine.logs import tensorboard_writer
+from rca.io import save_json
 
 EXIT_REFUSED = 2  # a stage's exit status when it refuses to touch an unfinished run
 
@@ -121,9 +127,13 @@ class TrainingRun:
         """The history record with the best ``score_key`` (the first one without validation)."""
         return max(self.history, key=lambda r: r.get(self.score_key, -1))
 
-    def save(self, state: dict[str, Any], improved: bool, optimizer, scheduler, scaler,
+    def save(self, state: dict[str, Any], improved: bool, optimizer, scheduler, scaler, metrics: dict[str, Any],
              training_modules: dict[str, torch.nn.Module] | None = None) -> None:
-        """Write ``last.pt`` (and ``best.pt`` when ``improved``): ``state`` plus the bookkeeping;
-        ``training_modules`` (``{key: module}``, e.g. loss heads) go into ``last.pt`` only."""
+        """Write ``metrics.json`` (``metrics``), ``best.pt`` when ``improved``, and ``last.pt`` last.
+
+        The checkpoints hold ``state`` plus the bookkeeping; ``training_modules`` (``{key: module}``,
+        e.g. loss heads) go into ``last.pt`` only.
+        """
+        save_json(self.out_dir / "metrics.json", metrics)
         state = {**state, "done": self.done, "best_score": self.best_score, "history": self.history}
         save_training_state(self.out_dir, state, improved, optimizer, scheduler, scaler, training_modules)
