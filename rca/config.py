@@ -15,12 +15,14 @@ Every stage accepts the same arguments (see :func:`add_config_args`)::
     --config FILE        YAML file (default: the synthetic demo, rca/configs/demo.yaml)
     --set key.sub=value  override, value parsed as YAML (repeatable)
     --work-dir DIR       outputs (default runs/<config name>)
+    --debug              a traceback with the one-line message of an input error (rca.errors)
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,13 +31,14 @@ from typing import Annotated, Any, Literal
 
 import yaml
 
+from rca.errors import UserError, add_debug_arg
 from rca.io import atomic_open
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override is invalid; the message names the key path."""
 
 
@@ -278,6 +281,8 @@ def _convert(value: Any, annotation: Any, path: str) -> Any:
     if annotation in (int, float, str, bool):
         if not isinstance(value, annotation):
             raise ConfigError(f"{path}: expected {annotation.__name__}, got {value!r}")
+        if annotation is float and not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
         return value
     raise TypeError(f"unsupported config annotation {annotation!r} at {path}")
 
@@ -412,14 +417,15 @@ def save_config(config: Config, path: str | Path) -> None:
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the arguments every stage shares: ``--config``, ``--set`` and ``--work-dir``."""
+    """Add the arguments every stage shares: ``--config``, ``--set``, ``--work-dir`` and ``--debug``
+    (:func:`rca.errors.add_debug_arg`)."""
     parser.add_argument("--config", default=None, help=f"experiment YAML (default {DEFAULT_CONFIG.name})")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config value, e.g. --set cls.lr=0.02 (value parsed as YAML; repeatable)",
     )
     parser.add_argument("--work-dir", default=None, help="output folder (default runs/<config name>)")
-    return parser
+    return add_debug_arg(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[Config, Path]:

@@ -20,6 +20,7 @@ import yaml
 from rca.config import load_config
 from rca.data import build_dataset
 from rca.data.check import check_split, format_report
+from rca.errors import add_debug_arg, run_cli
 
 
 def main(argv=None) -> int:
@@ -33,6 +34,7 @@ def main(argv=None) -> int:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="dataset option")
     parser.add_argument("--workers", type=int, default=0, help="reader processes")
     parser.add_argument("--limit", type=int, default=None, help="check only the first N items of each split")
+    add_debug_arg(parser)
     args = parser.parse_args(argv)
 
     if args.config:
@@ -72,4 +74,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from rca.data.prepare.coco import prepare_coco
+from rca.errors import add_debug_arg, run_cli
 
 
 def main(argv=None) -> int:
@@ -20,6 +21,7 @@ def main(argv=None) -> int:
     parser.add_argument("--split", nargs="+", required=True, help="e.g. train2014 val2014 or train2017 val2017")
     parser.add_argument("--workers", type=int, default=1, help="processes rasterising masks")
     parser.add_argument("--overwrite", action="store_true", help="rewrite existing PNGs")
+    add_debug_arg(parser)
     args = parser.parse_args(argv)
     for split in args.split:
         counts = prepare_coco(args.root, split, overwrite=args.overwrite, workers=args.workers)
@@ -31,4 +33,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from rca.data.prepare.pascal_context import prepare_pascal_context
+from rca.errors import add_debug_arg, run_cli
 
 
 def main(argv=None) -> int:
@@ -19,6 +20,7 @@ def main(argv=None) -> int:
     parser.add_argument("--labels", required=True, help="the trainval/ folder of trainval.tar.gz (<id>.mat files)")
     parser.add_argument("--workers", type=int, default=1, help="processes converting label maps")
     parser.add_argument("--overwrite", action="store_true", help="rewrite existing PNGs")
+    add_debug_arg(parser)
     args = parser.parse_args(argv)
     counts = prepare_pascal_context(args.voc2010, args.labels, overwrite=args.overwrite, workers=args.workers)
     print(f"train: {counts['train']} ids, val: {counts['val']} ids; {counts['written']} PNGs written now")
@@ -26,4 +28,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

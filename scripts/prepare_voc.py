@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from rca.data.prepare.voc import prepare_voc
+from rca.errors import add_debug_arg, run_cli
 
 
 def main(argv=None) -> int:
@@ -20,6 +21,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sbd", required=True, help="SBD's benchmark_RELEASE folder (or its dataset/ folder)")
     parser.add_argument("--workers", type=int, default=1, help="processes converting masks")
     parser.add_argument("--overwrite", action="store_true", help="rewrite existing PNGs")
+    add_debug_arg(parser)
     args = parser.parse_args(argv)
     counts = prepare_voc(args.voc, args.sbd, overwrite=args.overwrite, workers=args.workers)
     print(
@@ -30,4 +32,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

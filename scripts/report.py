@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rca.errors import add_debug_arg, run_cli
 from rca.report import write_report
 
 
@@ -16,15 +17,12 @@ def main(argv=None) -> int:
     parser.add_argument("work_dir", help="the work dir of a run, e.g. runs/demo")
     parser.add_argument("--max-panels", type=int, default=8,
                         help="sample panels and predictions shown, each (default 8)")
+    add_debug_arg(parser)
     args = parser.parse_args(argv)
-    try:
-        paths = write_report(args.work_dir, args.max_panels)
-    except FileNotFoundError as error:
-        print(f"report: {error}", file=sys.stderr)
-        return 2
+    paths = write_report(args.work_dir, args.max_panels)
     print("\n".join(f"wrote {path}" for path in paths))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

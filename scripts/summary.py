@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from rca.config import add_config_args, config_from_args
+from rca.errors import run_cli
 from rca.report import read_run, summary_rows, write_report
 
 
@@ -27,4 +28,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

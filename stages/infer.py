@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from rca.crf import dense_crf
+from rca.data.base import read_image
 from rca.data.transforms import eval_transform
 from rca.engine.checkpoint import load_checkpoint
+from rca.errors import add_debug_arg, run_cli
 from rca.io import save_label_png, save_rgb_png
 from rca.models.deeplab import build_deeplab
 from rca.segment import predict_probs
@@ -38,6 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--flip", action="store_true", help="add horizontal flips")
     parser.add_argument("--crf", action="store_true", help="dense-CRF post-processing (deeplab preset)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_debug_arg(parser)
     return parser.parse_args(argv)
 
 
@@ -56,7 +58,7 @@ def list_images(path: Path) -> list[Path]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    checkpoint = load_checkpoint(args.checkpoint)
+    checkpoint = load_checkpoint(args.checkpoint, kind="segmentation")
     model = build_deeplab(**checkpoint["model_args"]).to(device)
     model.load_state_dict(checkpoint["model"])
     model.eval()
@@ -64,8 +66,7 @@ def main(argv=None) -> int:
     to_tensor = eval_transform()
     output = Path(args.output)
     for path in tqdm(list_images(Path(args.input)), desc="infer"):
-        with Image.open(path) as image:
-            rgb = np.array(image.convert("RGB"))  # a writable copy (torch.from_numpy warns on a read-only one)
+        rgb = read_image(path, fix="replace the file or take it out of --input")
         probs = predict_probs(model, to_tensor({"id": path.stem, "image": rgb})["image"], args.scales, args.flip)
         if args.crf:
             prediction = dense_crf(rgb, probs.cpu().numpy(), preset="deeplab").argmax(0)
@@ -78,4 +79,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -1,4 +1,5 @@
-"""The optimisation step both trainers share: poly LR, AMP grad scaling, one SGD update.
+"""The optimisation step both trainers share: poly LR, AMP grad scaling, one SGD update, and the
+stop on a non-finite loss.
 
 Poly LR (DeepLab-v2, Chen et al., TPAMI 2018, arXiv:1606.00915, Sec. 4.1; used by PSA, IRN and RCA
 for the classifier too): ``lr_t = lr_0 (1 - t / T) ** 0.9``, stepped once per iteration.
@@ -6,7 +7,11 @@ for the classifier too): ``lr_t = lr_0 (1 - t / T) ** 0.9``, stepped once per it
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from rca.errors import NonFiniteLossError
 
 POLY_POWER = 0.9
 
@@ -33,3 +38,26 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, schedul
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()
+
+
+def check_finite(losses: dict[str, float], where: str, lr_key: str) -> None:
+    """Stop training when a loss of this step is NaN or infinite.
+
+    Called before anything of the step is saved, so the checkpoints on disk stay the last good ones.
+
+    Args:
+        losses: name -> value of this step's loss terms; ``"loss"``, the total, is named only when
+            every other term is finite (then the term not listed apart, e.g. the cross-entropy, is it).
+        where: the step, for the message (``"epoch 3, iteration 12/40"``).
+        lr_key: the config key of the learning rate, for the advice.
+
+    Raises:
+        NonFiniteLossError: naming the term, its value and ``where``.
+    """
+    bad = [name for name, value in losses.items() if name != "loss" and not math.isfinite(value)]
+    bad = bad or [name for name in ("loss",) if name in losses and not math.isfinite(losses[name])]
+    if bad:
+        raise NonFiniteLossError(
+            f"loss term {bad[0]!r} is {losses[bad[0]]} at {where}: training stopped, and the checkpoints on disk "
+            f"are from before this step; lower {lr_key} or check the data, then rerun with --overwrite"
+        )
