@@ -87,7 +87,8 @@ class PascalContext(FilePairDataset):
         num_classes: int = 59,
     ) -> None:
         if num_classes not in (59, 60):
-            raise DataError(f"PASCAL-Context num_classes must be 59 or 60 (data.options.num_classes), got {num_classes}")
+            raise DataError(f"PASCAL-Context num_classes must be 59 or 60 (data.options.num_classes), "
+                            f"got {num_classes}")
         root = resolve_root(Path(root).expanduser(), PREPARE_HINT)
         mask_dir = require_path(root / "SegmentationClassContext", "PASCAL-Context label folder", PREPARE_HINT)
         ids = read_id_list(root / "ImageSets" / "SegmentationContext" / f"{split}.txt", PREPARE_HINT)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +37,16 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         torch.save(state, f)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", kind: str | None = None
-                    ) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", kind: str | None = None,
+                    fix: str | None = None) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint`, with ``torch.load(weights_only=True)``.
 
     Args:
         path: the file.
         map_location: where tensors go (``torch.load``'s argument).
         kind: the :data:`CHECKPOINT_KINDS` key the caller needs; ``None`` accepts any checkpoint.
+        fix: what the message of an unreadable file tells the user to do (default: give a checkpoint
+            of ``kind``, naming the stage that writes it).
 
     Raises:
         FileNotFoundError: no such file (the message names it and the stage that writes it).
@@ -52,15 +55,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
             file, the kind found and the stage that writes the kind needed.
     """
     path = Path(path)
-    wanted = f"a {kind} checkpoint, as written by {CHECKPOINT_KINDS[kind]}" if kind else "a checkpoint of this project"
+    writer = CHECKPOINT_KINDS[kind] if kind else "the stage that writes it"
+    wanted = f"a {kind} checkpoint, as written by {writer}" if kind else "a checkpoint of this project"
+    fix = fix or f"give {wanted}"
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found: pass --checkpoint, or write {wanted}")
+        raise FileNotFoundError(f"checkpoint {path} not found: pass --checkpoint, or run {writer} first")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # a truncated zip, a text file, pickled objects: every failure means the same
-        raise CheckpointError(f"cannot read checkpoint {path}: {_load_failure(error)}; give {wanted}") from error
+        raise CheckpointError(f"cannot read checkpoint {path}: {_load_failure(error)}; {fix}") from error
     if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"{path} is not a model checkpoint (it has no 'model' entry); give {wanted}")
+        raise CheckpointError(f"{path} is not a model checkpoint (it has no 'model' entry); {fix}")
     if kind is not None and state.get("kind") != kind:
         found = state.get("kind")
         what = (f"a {found} checkpoint (backbone {state.get('model_args', {}).get('backbone')}, written by "
@@ -71,11 +76,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
 
 
 def _load_failure(error: Exception) -> str:
-    """Why ``torch.load`` failed, in a few words: its first sentence (torch's messages run on)."""
-    if isinstance(error, pickle.UnpicklingError) and "weights_only" in str(error):
-        return "it holds pickled Python objects, which a safe load (weights_only=True) refuses"
-    text = " ".join(str(error).split()) or type(error).__name__
-    return f"the file is truncated, corrupt or not a torch checkpoint ({text.split('. ')[0][:200]})"
+    """Why ``torch.load`` failed, in a few words (torch's own messages run over many lines)."""
+    text = " ".join(str(error).split())
+    if found := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):
+        return (f"it holds pickled Python objects ({found.group(1)}), which a safe load (weights_only=True) "
+                f"refuses: it was written by other code, or by this project before its checkpoints were safe to load")
+    cause = "the file is truncated, corrupt or not a torch checkpoint"
+    if isinstance(error, pickle.UnpicklingError):  # torch's text says nothing more useful here
+        return cause
+    return f"{cause} ({type(error).__name__}: {text.split('. ')[0][:200]})"
 
 
 def rng_state() -> dict[str, Any]:

@@ -46,18 +46,19 @@ def check_finite(losses: dict[str, float], where: str, lr_key: str) -> None:
     Called before anything of the step is saved, so the checkpoints on disk stay the last good ones.
 
     Args:
-        losses: name -> value of this step's loss terms; ``"loss"``, the total, is named only when
-            every other term is finite (then the term not listed apart, e.g. the cross-entropy, is it).
+        losses: name -> value of this step's loss terms and of the total, ``"loss"``, which is named
+            only when every other term is finite (then its part not logged apart, e.g. the
+            segmentation cross-entropy, went non-finite).
         where: the step, for the message (``"epoch 3, iteration 12/40"``).
         lr_key: the config key of the learning rate, for the advice.
 
     Raises:
         NonFiniteLossError: naming the term, its value and ``where``.
     """
-    bad = [name for name, value in losses.items() if name != "loss" and not math.isfinite(value)]
-    bad = bad or [name for name in ("loss",) if name in losses and not math.isfinite(losses[name])]
-    if bad:
-        raise NonFiniteLossError(
-            f"loss term {bad[0]!r} is {losses[bad[0]]} at {where}: training stopped, and the checkpoints on disk "
-            f"are from before this step; lower {lr_key} or check the data, then rerun with --overwrite"
-        )
+    terms = {name: value for name, value in losses.items() if name != "loss"}
+    bad = next((f"loss term {name!r} is {value}" for name, value in terms.items() if not math.isfinite(value)), None)
+    if bad is None and not math.isfinite(losses.get("loss", 0.0)):
+        bad = f"the loss is {losses['loss']}" + (f" (its terms {', '.join(terms)} are finite)" if terms else "")
+    if bad is not None:
+        raise NonFiniteLossError(f"{bad} at {where}: training stopped, and the checkpoints on disk are from before "
+                                 f"this step; lower {lr_key} or check the data, then rerun with --overwrite")

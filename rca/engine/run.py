@@ -76,7 +76,7 @@ class TrainingRun:
         """
         if overwrite or not self.last_path.is_file():
             return None
-        state = load_checkpoint(self.last_path)
+        state = load_checkpoint(self.last_path, fix="pass --overwrite to train again from the start")
         if state["done"] >= self.total:
             self.log.info("%s is finished (%d %s); --overwrite retrains", self.last_path, self.total, self.unit)
             return 0
