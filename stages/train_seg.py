@@ -210,7 +210,8 @@ def main(argv=None) -> int:
         return exit_code
 
     train_set = build_train_set(config, work_dir, args.skip_bad)
-    iterations_per_epoch(len(train_set), cfg.batch_size, ctx.world_size, data.train_split, "seg.batch_size")  # refuses < 1 batch
+    # a split smaller than one batch stops here, naming seg.batch_size
+    iterations_per_epoch(len(train_set), cfg.batch_size, ctx.world_size, data.train_split, "seg.batch_size")
     model_args = deeplab_args(cfg, train_set.num_classes)
     seed_everything(config.seed)  # the random initialisation follows the config's seed
     raw_model = build_deeplab(**model_args).to(ctx.device)
