@@ -16,6 +16,7 @@ Every stage accepts the same arguments (see :func:`add_config_args`)::
     --set key.sub=value  override, value parsed as YAML (repeatable)
     --work-dir DIR       outputs (default runs/<config name>)
     --print-config       print the resolved config as YAML and exit
+    --debug              a traceback with the one-line message of an input error (rca.errors)
 
 This module imports no torch (the registries are imported inside :func:`load_config`): the stages
 parse their arguments with it before importing torch (see :mod:`rca.cli`).
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,13 +35,14 @@ from typing import Annotated, Any, Literal
 
 import yaml
 
+from rca.errors import UserError, add_debug_arg
 from rca.io import atomic_open
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override is invalid; the message names the key path."""
 
 
@@ -282,6 +285,8 @@ def _convert(value: Any, annotation: Any, path: str) -> Any:
     if annotation in (int, float, str, bool):
         if not isinstance(value, annotation):
             raise ConfigError(f"{path}: expected {annotation.__name__}, got {value!r}")
+        if annotation is float and not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
         return value
     raise TypeError(f"unsupported config annotation {annotation!r} at {path}")
 
@@ -440,8 +445,9 @@ def shipped_configs() -> list[str]:
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the arguments every stage shares: ``--config``, ``--set``, ``--work-dir`` and
-    ``--print-config`` (answered by :func:`rca.cli.parse_command_line`)."""
+    """Add the arguments every stage shares: ``--config``, ``--set``, ``--work-dir``,
+    ``--print-config`` (answered by :func:`rca.cli.parse_command_line`) and ``--debug``
+    (:func:`rca.errors.add_debug_arg`)."""
     parser.add_argument(
         "--config", default=None, metavar="FILE",
         help=f"experiment YAML (default rca/configs/{DEFAULT_CONFIG.name}); shipped in rca/configs/: "
@@ -455,7 +461,7 @@ def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (defaults + --config file + --set overrides) as YAML "
                              "and exit")
-    return parser
+    return add_debug_arg(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[Config, Path]:

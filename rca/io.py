@@ -2,7 +2,9 @@
 
 Every output of every stage goes through these helpers, so a stage killed half-way never leaves a
 truncated file behind: data is written to a temporary file in the destination folder and moved into
-place with ``os.replace`` (atomic on POSIX and Windows within one file system).
+place with ``os.replace`` (atomic on POSIX and Windows within one file system). Reading a file the
+user supplied goes through :func:`reading`, so a missing, corrupt or truncated file is reported
+with its path (:class:`rca.errors.BadItemError`), never as a bare decoder error.
 """
 
 from __future__ import annotations
@@ -15,7 +17,39 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from rca.errors import BadItemError
+
+SKIP_HINT = "replace the file or leave the image out of the split (--skip-bad skips such images)"
+"""What to do about an unreadable image or mask of a dataset (:func:`reading`'s default ``fix``)."""
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, what: str, fix: str = SKIP_HINT) -> Iterator[None]:
+    """Context in which any failure to read ``path`` becomes a :class:`rca.errors.BadItemError`.
+
+    Args:
+        path: the file being read.
+        what: what the file is, for the message (``"image"``, ``"mask"``, ``"CAM file"``).
+        fix: what the user should do, appended to the message.
+
+    Raises:
+        BadItemError: ``cannot read <what> <path>: <reason>; <fix>`` (the decoder's error chained),
+            for a missing file too.
+    """
+    try:
+        yield
+    except BadItemError:
+        raise
+    except Exception as error:  # any decoder failure (PIL: OSError, SyntaxError, ValueError, zlib.error ...)
+        if isinstance(error, FileNotFoundError):
+            reason = "no such file"
+        elif isinstance(error, UnidentifiedImageError):
+            reason = "not an image file PIL can decode"
+        else:
+            reason = str(error) or type(error).__name__
+        raise BadItemError(f"cannot read {what} {path}: {reason}; {fix}") from error
 
 
 @contextlib.contextmanager
@@ -48,14 +82,34 @@ def save_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def save_npy(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    """Write named arrays as one ``.npy`` file holding a dict (load with :func:`load_npy`)."""
+    """Write named arrays as one ``.npy`` file holding a pickled dict (load with :func:`load_npy`).
+
+    The format of PSA/IRN's ``cls_labels.npy``; the pipeline's own arrays use :func:`save_npz`.
+    """
     with atomic_open(path, "wb") as f:
         np.save(f, dict(arrays), allow_pickle=True)
 
 
 def load_npy(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a dict written by :func:`save_npy`."""
+    """Read a dict written by :func:`save_npy` (unpickles: read only files you trust)."""
     return np.load(path, allow_pickle=True).item()
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Write named arrays as an uncompressed ``.npz`` file (no pickle; load with :func:`load_npz`)."""
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read the arrays of a ``.npz`` file as ``{name: array}``, refusing pickled objects.
+
+    Raises:
+        BadItemError: the file is missing, corrupt or holds pickled objects (names the file).
+    """
+    with reading(path, "array file", fix="delete it; the stage that wrote it writes it again"):
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
 
 
 def save_label_png(path: str | os.PathLike, label: np.ndarray, palette: np.ndarray) -> None:
@@ -85,8 +139,13 @@ def save_rgb_png(path: str | os.PathLike, image: np.ndarray) -> None:
 
 
 def load_label_png(path: str | os.PathLike) -> np.ndarray:
-    """Read a label PNG (palette or greyscale) as an ``(H, W)`` int64 array of its raw indices."""
-    with Image.open(path) as image:
+    """Read a label PNG (palette or greyscale) as an ``(H, W)`` int64 array of its raw indices.
+
+    Raises:
+        BadItemError: the file is missing, unreadable, or not a palette or greyscale image (names it).
+    """
+    with reading(path, "label image"), Image.open(path) as image:
         if image.mode not in ("P", "L", "I", "I;16"):
-            raise ValueError(f"{path}: label PNG must be palette or greyscale, got mode {image.mode}")
+            raise BadItemError(f"{path}: a label PNG must be palette or greyscale, got mode {image.mode}; "
+                               f"{SKIP_HINT}")
         return np.asarray(image).astype(np.int64)

@@ -32,7 +32,8 @@ import torch
 from rca.cam import multiscale_cam, normalize_cams
 from rca.crf import CRF_PRESETS
 from rca.data.label_space import LabelSpace
-from rca.io import load_label_png, load_npy, save_label_png, save_npy
+from rca.data.skip import read_or_skip, read_skipped
+from rca.io import load_label_png, load_npz, save_label_png, save_npz
 from rca.metrics import ConfusionMatrix, PseudoLabelMetrics, format_iou_table
 from rca.pseudo_labels import NO_CRF, argmax_labels, constant_background, make_pseudo_label
 
@@ -123,7 +124,7 @@ def cam_seed(cams: np.ndarray, classes: np.ndarray, threshold: float, has_backgr
 
 def compute_cams(model: torch.nn.Module, image: torch.Tensor, tags, space: LabelSpace,
                  scales, flip: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Multi-scale CAMs of an image's tagged classes, in the format saved to ``cams/<id>.npy``.
+    """Multi-scale CAMs of an image's tagged classes, in the format saved to ``cams/<id>.npz``.
 
     Args:
         model: classifier in eval mode (see :func:`rca.cam.multiscale_cam`).
@@ -137,13 +138,13 @@ def compute_cams(model: torch.nn.Module, image: torch.Tensor, tags, space: Label
 
 
 def save_cams(path: Path, cams: np.ndarray, classes: np.ndarray) -> None:
-    """Write ``{"cams", "classes"}`` to ``path`` (``.npy``, atomically)."""
-    save_npy(path, cams=cams, classes=classes)
+    """Write ``{"cams", "classes"}`` to ``path`` (``.npz`` without pickle, atomically)."""
+    save_npz(path, cams=cams, classes=classes)
 
 
 def load_cams(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``cams/<id>.npy``: ``(T, H, W)`` float32 CAMs and ``(T,)`` int64 label values."""
-    saved = load_npy(path)
+    """Read ``cams/<id>.npz``: ``(T, H, W)`` float32 CAMs and ``(T,)`` int64 label values."""
+    saved = load_npz(path)
     return saved["cams"].astype(np.float32), saved["classes"]
 
 
@@ -172,10 +173,13 @@ class LabelJob:
     Attributes:
         label_set: the split pseudo labels are made for (items with ``image``; no transform).
         score_set: the split scored (items with ``mask``), or ``None`` when nothing is scored.
-        cam_dir, label_dir: where ``<id>.npy`` CAMs are read and ``<id>.png`` labels written.
+        cam_dir, label_dir: where ``<id>.npz`` CAMs are read and ``<id>.png`` labels written.
         rule: the pseudo-label rule.
         threshold: background threshold of the headline CAM seed (``labels.bg_threshold``).
         sweep: thresholds of the oracle seed curve (empty without a background class).
+        skip_log: with ``--skip-bad``, the file listing the unusable images, which get no label and
+            no score (:mod:`rca.data.skip`); ``None``: an unusable image raises
+            :class:`rca.errors.BadItemError`.
     """
 
     label_set: Any
@@ -185,19 +189,35 @@ class LabelJob:
     rule: LabelRule
     threshold: float
     sweep: list[float]
+    skip_log: Path | None = None
+
+    def skipped(self) -> set[str]:
+        """Ids listed in :attr:`skip_log` (none without ``--skip-bad``)."""
+        return set(read_skipped(self.skip_log)) if self.skip_log is not None else set()
+
+    def unlabelled(self) -> list[str]:
+        """Ids of the label split that have no pseudo label yet and were not skipped."""
+        skipped = self.skipped()
+        return [name for name in self.label_set.ids
+                if name not in skipped and not (self.label_dir / f"{name}.png").is_file()]
 
     def make_label(self, index: int) -> None:
-        """Write the pseudo label of ``label_set[index]`` from its saved CAMs."""
-        item = self.label_set[index]
-        cams, classes = load_cams(self.cam_dir / f"{item['id']}.npy")
+        """Write the pseudo label of ``label_set[index]`` from its saved CAMs (nothing for a skipped image)."""
+        item = read_or_skip(self.label_set, index, self.skip_log)
+        if item is None:
+            return
+        cams, classes = load_cams(self.cam_dir / f"{item['id']}.npz")
         label = self.rule.apply(cams, classes, item["image"], item["id"])
         save_label_png(self.label_dir / f"{item['id']}.png", label, self.label_set.palette)
 
-    def score(self, index: int) -> ImageScores:
-        """Confusion counts of ``score_set[index]``: seeds, seed + CRF, the saved pseudo label."""
+    def score(self, index: int) -> ImageScores | None:
+        """Confusion counts of ``score_set[index]``: seeds, seed + CRF, the saved pseudo label
+        (``None`` for a skipped image)."""
         dataset = self.score_set
-        item = dataset[index]
-        cams, classes = load_cams(self.cam_dir / f"{item['id']}.npy")
+        item = read_or_skip(dataset, index, self.skip_log)
+        if item is None:
+            return None
+        cams, classes = load_cams(self.cam_dir / f"{item['id']}.npz")
         mask, background = item["mask"], dataset.has_background
 
         def confusion(prediction: np.ndarray) -> ConfusionMatrix:

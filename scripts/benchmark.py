@@ -41,6 +41,7 @@ from rca.cam import multiscale_cam, normalize_cams
 from rca.data import build_dataset
 from rca.data.transforms import eval_transform
 from rca.engine.logs import peak_memory_mb
+from rca.errors import run_cli
 from rca.io import save_json
 from rca.losses import CONTRAST_LOSSES, build_contrast
 from rca.memory import RegionalMemory
@@ -157,4 +158,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -19,6 +19,7 @@ import yaml
 
 from rca.cli import make_parser, parse_command_line
 from rca.config import load_config
+from rca.errors import add_debug_arg, run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,6 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="dataset option")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes reading the files")
     parser.add_argument("--limit", type=int, default=None, help="check only the first N items of each split")
+    add_debug_arg(parser)
     args = parse_command_line(parser, argv)
     if not args.config and not (args.name and args.split):
         parser.error("give --config FILE, or --name, --root and --split")
@@ -85,4 +87,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

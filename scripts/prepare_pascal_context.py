@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from rca.cli import make_parser, parse_command_line
+from rca.errors import add_debug_arg, run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -19,6 +20,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--labels", required=True, help="the trainval/ folder of trainval.tar.gz (<id>.mat files)")
     parser.add_argument("--processes", type=int, default=1, metavar="N", help="processes converting label maps")
     parser.add_argument("--overwrite", action="store_true", help="rewrite existing PNGs")
+    add_debug_arg(parser)
     return parse_command_line(parser, argv)
 
 
@@ -36,4 +38,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

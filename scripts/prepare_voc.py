@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from rca.cli import make_parser, parse_command_line
+from rca.errors import add_debug_arg, run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -20,6 +21,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sbd", required=True, help="SBD's benchmark_RELEASE folder (or its dataset/ folder)")
     parser.add_argument("--processes", type=int, default=1, metavar="N", help="processes converting masks")
     parser.add_argument("--overwrite", action="store_true", help="rewrite existing PNGs")
+    add_debug_arg(parser)
     return parse_command_line(parser, argv)
 
 
@@ -40,4 +42,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from rca.cli import make_parser, parse_command_line
+from rca.errors import add_debug_arg, run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -16,6 +17,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("work_dir", help="the work dir of a run, e.g. runs/demo")
     parser.add_argument("--max-panels", type=int, default=8,
                         help="sample panels and predictions shown, each (default 8)")
+    add_debug_arg(parser)
     return parse_command_line(parser, argv)
 
 
@@ -27,14 +29,10 @@ from rca.report import write_report
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        paths = write_report(args.work_dir, args.max_panels)
-    except FileNotFoundError as error:
-        print(f"report: {error}", file=sys.stderr)
-        return 2
+    paths = write_report(args.work_dir, args.max_panels)
     print("\n".join(f"wrote {path}" for path in paths))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -13,6 +13,7 @@ import sys
 
 from rca.cli import make_parser, parse_command_line
 from rca.config import add_config_args, config_from_args
+from rca.errors import run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,4 +38,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

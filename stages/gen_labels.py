@@ -7,7 +7,7 @@
 Reads ``DIR/cls/best.pt`` and, for every image of ``data.label_split`` (the split the segmentation
 network trains on: VOC ``train_aug``), writes
 
-* ``DIR/cams/<id>.npy``: ``{"cams": (T, H, W) float16 in [0, 1], "classes": (T,) label values}``,
+* ``DIR/cams/<id>.npz``: ``{"cams": (T, H, W) float16 in [0, 1], "classes": (T,) label values}``,
   the multi-scale + flip CAMs of the T tagged classes (:mod:`rca.cam`);
 * ``DIR/labels/<id>.png``: the pseudo label (palette PNG, 255 = ignore) made by ``labels.rule`` with
   the ``labels.crf`` dense CRF (:mod:`rca.pseudo_labels`, :mod:`rca.crf`);
@@ -24,7 +24,8 @@ default: in this process; :class:`rca.engine.pool.WorkerPool`). ``data.num_worke
 Existing outputs (panels included) are skipped (``--overwrite`` redoes them); outputs made with
 other settings are refused (``DIR/labels/fingerprint.json``, :mod:`rca.engine.fingerprint`). Every
 file is written atomically, and ``--shard i/n`` processes images ``i, i+n, ...`` so that n machines or GPUs can share a split;
-scoring runs once all labels of the split exist.
+scoring runs once all labels of the split exist. With ``--skip-bad`` an unreadable image is listed
+in ``DIR/labels/skipped.txt`` and gets no CAM, no label and no score (:mod:`rca.data.skip`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--shard", default="0/1", metavar="i/n", help="process images i, i+n, ... (default 0/1)")
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="list unreadable images in DIR/labels/skipped.txt and go on without them")
     return parse_command_line(parser, argv)
 
 
@@ -59,12 +62,14 @@ import torch
 from tqdm import tqdm
 
 from rca.data import build_dataset
+from rca.data.skip import SKIPPED_FILE, read_or_skip
 from rca.data.transforms import eval_transform
 from rca.engine.checkpoint import load_checkpoint
 from rca.engine.fingerprint import StaleOutputsError, check_fingerprint
 from rca.engine.logs import setup_logger, tensorboard_writer
 from rca.engine.pool import WorkerPool
 from rca.engine.run import EXIT_REFUSED
+from rca.errors import DataError, UserError, run_cli
 from rca.io import load_label_png, save_json, save_rgb_png
 from rca.labelling import LabelJob, compute_cams, format_report, label_rule, load_cams, save_cams, summarise_scores
 from rca.models.classifier import build_classifier
@@ -75,25 +80,29 @@ def parse_shard(text: str) -> tuple[int, int]:
     try:
         index, count = (int(x) for x in text.split("/"))
     except ValueError:
-        raise ValueError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+        raise UserError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
     if not 0 <= index < count:
-        raise ValueError(f"--shard {text!r}: need 0 <= i < n")
+        raise UserError(f"--shard {text!r}: need 0 <= i < n")
     return index, count
 
 
-def write_cams(dataset, indices: list[int], cam_dir: Path, checkpoint_path: Path, config, device, log) -> float:
-    """Multi-scale CAMs of ``dataset[indices]`` into ``cam_dir``; returns images/s."""
-    checkpoint = load_checkpoint(checkpoint_path)
+def write_cams(dataset, indices: list[int], cam_dir: Path, checkpoint_path: Path, config, device, log,
+               skip_log: Path | None) -> float:
+    """Multi-scale CAMs of ``dataset[indices]`` into ``cam_dir`` (unusable images listed in
+    ``skip_log`` when given); returns images/s."""
+    checkpoint = load_checkpoint(checkpoint_path, kind="classifier")
     model = build_classifier(**checkpoint["model_args"]).to(device)
     model.load_state_dict(checkpoint["model"])
     model.eval()
     to_tensor = eval_transform()
     start = time.perf_counter()
     for index in tqdm(indices, desc="CAMs"):
-        item = to_tensor(dataset[index])
+        if (item := read_or_skip(dataset, index, skip_log)) is None:
+            continue
+        item = to_tensor(item)
         cams, classes = compute_cams(model, item["image"], item["tags"], dataset.label_space,
                                      config.labels.scales, config.labels.flip)
-        save_cams(cam_dir / f"{item['id']}.npy", cams, classes)
+        save_cams(cam_dir / f"{item['id']}.npz", cams, classes)
     speed = len(indices) / (time.perf_counter() - start)
     log.info("CAMs: %d images from %s, %.2f images/s on %s", len(indices), checkpoint_path, speed, device)
     return speed
@@ -101,17 +110,18 @@ def write_cams(dataset, indices: list[int], cam_dir: Path, checkpoint_path: Path
 
 def score(job: LabelJob, pool: WorkerPool, config, timing: dict) -> dict:
     """Score the labelled images of the score split; the whole ``labels/metrics.json``."""
-    labelled = set(job.label_set.ids)
+    labelled = set(job.label_set.ids) - job.skipped()
     indices = [i for i, name in enumerate(job.score_set.ids) if name in labelled]
-    if not indices:
-        raise ValueError(f"data.score_split={score_split(config.data)!r} shares no image with "
-                         f"data.label_split={config.data.label_split!r}: nothing to score")
-    total, *rest = pool.map("score", indices, "scores")
+    parts = [part for part in pool.map("score", indices, "scores") if part is not None] if indices else []
+    if not parts:
+        raise DataError(f"data.score_split={score_split(config.data)!r} shares no usable image with "
+                        f"data.label_split={config.data.label_split!r}: nothing to score")
+    total, *rest = parts
     for part in rest:
         total.merge(part)
     return {
         "label_split": config.data.label_split, "score_split": score_split(config.data),
-        "num_labelled": len(job.label_set), "num_scored": len(indices),
+        "num_labelled": len(job.label_set), "num_scored": len(parts), "num_skipped": len(job.skipped()),
         "protocol": {"scales": config.labels.scales, "flip": config.labels.flip, "rule": job.rule.name,
                      **job.rule.params, "crf": job.rule.crf},
         **summarise_scores(total, job), "timing": timing,
@@ -123,8 +133,9 @@ def score_split(data) -> str:
     return data.score_split or data.label_split
 
 
-def build_job(config, work_dir: Path) -> LabelJob:
-    """The per-image context of this run: both splits, the folders, the rule, the thresholds."""
+def build_job(config, work_dir: Path, skip_bad: bool = False) -> LabelJob:
+    """The per-image context of this run: both splits, the folders, the rule, the thresholds, and
+    with ``skip_bad`` the list of skipped images."""
     data, labels_cfg = config.data, config.labels
     label_set = build_dataset(data.name, data.root, data.label_split, **data.options)
     label_set.require_tags("data.label_split")  # CAMs are made for the tagged classes
@@ -133,7 +144,8 @@ def build_job(config, work_dir: Path) -> LabelJob:
         score_set = build_dataset(data.name, data.root, score_split(data), **data.options)
     sweep = list(labels_cfg.sweep) if label_set.has_background else []
     return LabelJob(label_set, score_set, work_dir / "cams", work_dir / "labels",
-                    label_rule(labels_cfg, label_set.has_background), labels_cfg.bg_threshold, sweep)
+                    label_rule(labels_cfg, label_set.has_background), labels_cfg.bg_threshold, sweep,
+                    work_dir / "labels" / SKIPPED_FILE if skip_bad else None)
 
 
 def make_labels(job: LabelJob, pool: WorkerPool, indices: list[int], args, config, work_dir: Path, log) -> dict:
@@ -143,15 +155,15 @@ def make_labels(job: LabelJob, pool: WorkerPool, indices: list[int], args, confi
     computed from, and a run killed before it scores again must leave none of the old ones behind.
     """
     timing, ids = {}, job.label_set.ids
-    cams_todo = [i for i in indices if args.overwrite or not (job.cam_dir / f"{ids[i]}.npy").is_file()]
+    cams_todo = [i for i in indices if args.overwrite or not (job.cam_dir / f"{ids[i]}.npz").is_file()]
     labels_todo = [i for i in indices if args.overwrite or not (job.label_dir / f"{ids[i]}.png").is_file()]
     if cams_todo or labels_todo:
         (job.label_dir / "metrics.json").unlink(missing_ok=True)
     if cams_todo:
         checkpoint = Path(args.checkpoint or work_dir / "cls" / "best.pt")
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        timing["cam_images_per_s"] = write_cams(job.label_set, cams_todo, job.cam_dir, checkpoint, config,
-                                                device, log)
+        timing["cam_images_per_s"] = write_cams(job.label_set, cams_todo, job.cam_dir, checkpoint, config, device,
+                                                log, job.skip_log)
     if labels_todo:
         start = time.perf_counter()
         pool.map("make_label", labels_todo, "pseudo labels")
@@ -172,18 +184,19 @@ def main(argv=None) -> int:
         log.error("%s", error)
         return EXIT_REFUSED
     save_config(config, work_dir / "labels" / "config.yaml")
-    job = build_job(config, work_dir)
+    job = build_job(config, work_dir, args.skip_bad)
     indices = list(range(shard_index, len(job.label_set), shard_count))
     with WorkerPool(job, args.crf_processes) as pool:
         timing = make_labels(job, pool, indices, args, config, work_dir, log)
         ids, vis_dir = job.label_set.ids, work_dir / "vis"
-        panels = [i for i in indices[: args.vis] if args.overwrite or not (vis_dir / f"{ids[i]}.png").is_file()]
+        panels = [i for i in indices[: args.vis] if (job.label_dir / f"{ids[i]}.png").is_file()
+                  and (args.overwrite or not (vis_dir / f"{ids[i]}.png").is_file())]
         if panels:
             write_panels(job.label_set, panels, job.cam_dir, job.label_dir, vis_dir)
         if not job.score_set.has_masks:
             log.info("split %r has no masks: nothing to score", score_split(config.data))
             return 0
-        if any(not (job.label_dir / f"{name}.png").is_file() for name in job.label_set.ids):
+        if job.unlabelled():
             log.info("shard %s done; scores are computed once every shard has finished", args.shard)
             return 0
         metrics_path = job.label_dir / "metrics.json"
@@ -201,7 +214,7 @@ def write_panels(dataset, indices: list[int], cam_dir: Path, label_dir: Path, vi
     writer = tensorboard_writer(label_dir / "tb", True)
     for index in indices:
         item = dataset[index]
-        cams, classes = load_cams(cam_dir / f"{item['id']}.npy")
+        cams, classes = load_cams(cam_dir / f"{item['id']}.npz")
         names = [dataset.class_names[c] for c in classes]
         panel = make_panel(item["image"], cams, names, load_label_png(label_dir / f"{item['id']}.png"),
                            item.get("mask"), dataset.palette)
@@ -211,4 +224,4 @@ def write_panels(dataset, indices: list[int], cam_dir: Path, label_dir: Path, vi
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

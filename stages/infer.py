@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rca.cli import make_parser, parse_command_line
+from rca.errors import CheckpointError, add_debug_arg, run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,6 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--flip", action="store_true", help="add horizontal flips")
     parser.add_argument("--crf", action="store_true", help="dense-CRF post-processing (deeplab preset)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_debug_arg(parser)
     return parse_command_line(parser, argv)
 
 
@@ -43,11 +45,11 @@ if __name__ == "__main__":
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from rca.crf import dense_crf
 from rca.data import build_dataset
+from rca.data.base import read_image
 from rca.data.transforms import eval_transform
 from rca.engine.checkpoint import load_checkpoint
 from rca.io import save_label_png, save_rgb_png
@@ -75,13 +77,13 @@ def images_to_predict(args, checkpoint: dict) -> tuple[int, Iterator[tuple[str, 
 
     Raises:
         FileNotFoundError: ``--input`` names no image; the dataset root or split list is missing.
-        ValueError: ``--split`` with a checkpoint that records no config.
+        CheckpointError: ``--split`` with a checkpoint that records no config.
     """
     if args.input is not None:
         paths = list_images(Path(args.input))
         return len(paths), _read_files(paths)
     if "config" not in checkpoint:
-        raise ValueError(f"{args.checkpoint} records no config (dataset name and root): use --input")
+        raise CheckpointError(f"{args.checkpoint} records no config (dataset name and root): use --input")
     data = checkpoint["config"]["data"]
     dataset = build_dataset(data["name"], args.root or data["root"], args.split, **data["options"])
     return len(dataset), _read_items(dataset)
@@ -89,8 +91,7 @@ def images_to_predict(args, checkpoint: dict) -> tuple[int, Iterator[tuple[str, 
 
 def _read_files(paths: list[Path]) -> Iterator[tuple[str, np.ndarray]]:
     for path in paths:
-        with Image.open(path) as image:
-            yield path.stem, np.array(image.convert("RGB"))  # a writable copy (torch.from_numpy warns otherwise)
+        yield path.stem, read_image(path, fix="replace the file or take it out of --input")
 
 
 def _read_items(dataset) -> Iterator[tuple[str, np.ndarray]]:
@@ -102,7 +103,7 @@ def _read_items(dataset) -> Iterator[tuple[str, np.ndarray]]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    checkpoint = load_checkpoint(args.checkpoint)
+    checkpoint = load_checkpoint(args.checkpoint, kind="segmentation")
     model = build_deeplab(**checkpoint["model_args"]).to(device)
     model.load_state_dict(checkpoint["model"])
     model.eval()
@@ -123,4 +124,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

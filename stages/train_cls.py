@@ -20,7 +20,10 @@ Writes ``DIR/cls/{last.pt,best.pt,metrics.json,config.yaml,train.log}`` and Tens
 ``method: cam`` trains the plain CAM classifier with the same loop. Validation (when the config
 names a val split) is tag-prediction mAP over classes, in percent; ``best.pt`` keeps the epoch with
 the best val mAP. The saved centres are the ones the epoch trained with. ``--resume`` continues from
-``last.pt`` exactly: every epoch's randomness is derived from (seed, epoch, rank). A ``DIR/cls``
+``last.pt`` exactly: every epoch's randomness is derived from (seed, epoch, rank). A NaN or infinite
+loss stops the run naming the term and the iteration, before anything of that epoch is saved;
+``--skip-bad`` lists unreadable training images in ``DIR/cls/skipped.txt`` and trains on
+(:mod:`rca.data.skip`). A ``DIR/cls``
 made with other settings is refused, naming the changed keys (``fingerprint.json``,
 :mod:`rca.engine.fingerprint`). The per-epoch record also holds the mean
 :func:`rca.models.classifier.attention_statistics` of the epoch's steps (once there are centres).
@@ -34,6 +37,7 @@ import time
 
 from rca.cli import make_parser, parse_command_line
 from rca.config import add_config_args, config_from_args, config_to_dict
+from rca.errors import run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue from DIR/cls/last.pt")
     parser.add_argument("--overwrite", action="store_true", help="retrain even if DIR/cls is finished")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="list unreadable training images in DIR/cls/skipped.txt and train without them")
     return parse_command_line(parser, argv)
 
 
@@ -53,12 +59,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from rca.classify import evaluate_tags, region_contrast_loss
 from rca.data import build_dataset
+from rca.data.skip import SKIPPED_FILE, SkipBad
 from rca.data.transforms import eval_transform, train_transform
 from rca.engine.distributed import cleanup_distributed, init_distributed, wrap_ddp
 from rca.engine.fingerprint import StaleOutputsError, check_fingerprint
 from rca.engine.logs import TrainingProgress, peak_memory_mb, setup_logger
-from rca.engine.optim import grad_scaler, optimizer_step, poly_scheduler, use_amp
-from rca.engine.run import EXIT_REFUSED, TrainingRun
+from rca.engine.optim import check_finite, grad_scaler, optimizer_step, poly_scheduler, use_amp
+from rca.engine.run import EXIT_REFUSED, TrainingRun, iterations_per_epoch
 from rca.engine.seeding import seed_epoch, seed_everything, worker_init_fn
 from rca.models.classifier import attention_statistics, build_classifier, classifier_args, rca_classification_loss
 
@@ -103,6 +110,7 @@ def train_one_epoch(model, raw_model, loader, optimizer, scheduler, scaler, epoc
             raw_model.memory.push(*raw_model.memory_candidates(outputs, cfg.write_threshold))
 
         losses = {"loss": loss.item(), "cls": loss_cls.item(), "contrast": loss_con.item()}
+        check_finite(losses, f"epoch {epoch}, iteration {step + 1}/{iters_per_epoch}", "cls.lr")
         for key, value in losses.items():
             sums[key] += value
         progress.step(losses, optimizer.param_groups[0]["lr"])
@@ -173,11 +181,11 @@ def main(argv=None) -> int:
         return exit_code
 
     train_set, val_set = build_datasets(config)
+    if args.skip_bad:
+        train_set = SkipBad(train_set, out_dir / SKIPPED_FILE)
     space = train_set.label_space
-    iters_per_epoch = len(train_set) // (cfg.batch_size * ctx.world_size)
-    if iters_per_epoch == 0:
-        raise ValueError(f"cls.batch_size={cfg.batch_size} x {ctx.world_size} process(es) exceeds the "
-                         f"{len(train_set)} images of split {data.train_split!r}: lower cls.batch_size")
+    iters_per_epoch = iterations_per_epoch(len(train_set), cfg.batch_size, ctx.world_size, data.train_split,
+                                           "cls.batch_size")
     model_args = classifier_args(cfg, space.num_tags)
     seed_everything(config.seed)  # the random initialisation follows the config's seed
     raw_model = build_classifier(**model_args).to(ctx.device)
@@ -222,7 +230,7 @@ def main(argv=None) -> int:
 def save_run(run: TrainingRun, model, model_args: dict, space, config, improved: bool, optimizer, scheduler,
              scaler, has_val: bool) -> None:
     """``metrics.json``, ``best.pt`` and ``last.pt`` (everything gen_labels needs to rebuild the model)."""
-    state = {"model": model.state_dict(), "model_args": {**model_args, "pretrained": "none"},
+    state = {"kind": "classifier", "model": model.state_dict(), "model_args": {**model_args, "pretrained": "none"},
              "class_names": space.tag_names, "has_background": space.has_background, "epoch": run.done - 1,
              "config": config_to_dict(config)}
     metrics = {
@@ -234,4 +242,4 @@ def save_run(run: TrainingRun, model, model_args: dict, space, config, improved:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

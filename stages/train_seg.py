@@ -19,7 +19,10 @@ of ``seg.contrast.losses`` (:func:`rca.losses.build_contrast`; their heads train
 their memories, are saved in ``last.pt`` only, never in the exported model). Validation every
 ``seg.val_interval`` iterations keeps the best checkpoint by val mIoU; ``--resume`` continues from
 ``last.pt`` exactly, also mid-epoch: each sample's augmentation is drawn from its own seed
-(:class:`rca.engine.seeding.SeededItems`).
+(:class:`rca.engine.seeding.SeededItems`). A NaN or infinite loss stops the run naming the term and the
+iteration, before anything of that interval is saved; ``--skip-bad`` lists unreadable training images
+in ``DIR/seg/skipped.txt`` and trains on, also without the images ``gen_labels --skip-bad`` skipped
+(:mod:`rca.data.skip`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval-only", action="store_true", help="evaluate a checkpoint and save predictions")
     parser.add_argument("--checkpoint", default=None, help="checkpoint for --eval-only (default DIR/seg/best.pt)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="list unreadable training images in DIR/seg/skipped.txt and train without them")
     return parse_command_line(parser, argv)
 
 
@@ -53,13 +58,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from rca.data import build_dataset
 from rca.data.pseudo import WithPseudoLabels
+from rca.data.skip import SKIPPED_FILE, SkipBad
 from rca.data.transforms import denormalize, eval_transform, train_transform
 from rca.engine.checkpoint import load_checkpoint
 from rca.engine.distributed import barrier, cleanup_distributed, init_distributed, wrap_ddp
 from rca.engine.logs import TrainingProgress, peak_memory_mb, setup_logger
-from rca.engine.optim import grad_scaler, optimizer_step, poly_scheduler, use_amp
-from rca.engine.run import EXIT_REFUSED, TrainingRun
+from rca.engine.optim import check_finite, grad_scaler, optimizer_step, poly_scheduler, use_amp
+from rca.engine.run import EXIT_REFUSED, TrainingRun, iterations_per_epoch
 from rca.engine.seeding import SeededItems, derive_seed, seed_everything, seeded_indices, worker_init_fn
+from rca.errors import DataError, run_cli
 from rca.io import save_json
 from rca.losses import build_contrast
 from rca.metrics import format_iou_table
@@ -121,26 +128,26 @@ def log_predictions(writer, model: nn.Module, dataset, iteration: int, count: in
         writer.add_image(f"seg/val_{item['id']}", panel, iteration, dataformats="HWC")
 
 
-def build_train_set(config, work_dir):
-    """The training split with pseudo labels (``seg.labels: pseudo``) or its own masks (``gt``)."""
+def build_train_set(config, work_dir, skip_bad: bool = False):
+    """The training split with pseudo labels (``seg.labels: pseudo``) or its own masks (``gt``); with
+    ``skip_bad``, without the images that have no pseudo label and with unusable items skipped."""
     cfg, data = config.seg, config.data
     transform = train_transform(cfg.crop_size, scale_range=cfg.scale_range, color_jitter=cfg.color_jitter)
     if cfg.labels == "pseudo":
         base = build_dataset(data.name, data.root, data.train_split, **data.options)
-        return WithPseudoLabels(base, work_dir / "labels", transform)
-    if cfg.labels == "gt":
+        train_set = WithPseudoLabels(base, work_dir / "labels", transform, skip_missing=skip_bad)
+    else:
         train_set = build_dataset(data.name, data.root, data.train_split, transform=transform, **data.options)
         if not train_set.has_masks:
-            raise ValueError(f"seg.labels=gt but split {data.train_split!r} has no masks; use seg.labels=pseudo")
-        return train_set
-    raise ValueError(f"seg.labels must be 'pseudo' or 'gt', got {cfg.labels!r}")
+            raise DataError(f"seg.labels=gt but split {data.train_split!r} has no masks; use seg.labels=pseudo")
+    return SkipBad(train_set, work_dir / "seg" / SKIPPED_FILE) if skip_bad else train_set
 
 
 def eval_only(args, config, val_set, out_dir, ctx) -> int:
     """``--eval-only``: score a checkpoint on the val split, write its predictions and panels of the first."""
     cfg, data = config.seg, config.data
     checkpoint_path = args.checkpoint or out_dir / "best.pt"
-    checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint = load_checkpoint(checkpoint_path, kind="segmentation")
     model = build_deeplab(**checkpoint["model_args"]).to(ctx.device)
     model.load_state_dict(checkpoint["model"])
     result = evaluate(model, val_set, cfg, ctx, prediction_dir=out_dir / "predictions")
@@ -176,6 +183,7 @@ def train_one_interval(model, contrast, contrast_fn, stream, optimizer, schedule
         optimizer_step(loss, optimizer, scheduler, scaler)
         values = {"loss": loss, **terms}  # one device sync for all of them:
         values = dict(zip(values, torch.stack([v.detach().float() for v in values.values()]).tolist()))
+        check_finite(values, f"iteration {iteration + 1}/{cfg.iterations}", "seg.lr")
         iteration, steps = iteration + 1, steps + 1
         sums = {name: sums.get(name, 0.0) + value for name, value in values.items()}
         progress.step(values, optimizer.param_groups[0]["lr"])
@@ -199,14 +207,16 @@ def main(argv=None) -> int:
     if data.val_split:
         val_set = build_dataset(data.name, data.root, data.val_split, transform=eval_transform(), **data.options)
         if not val_set.has_masks:
-            raise ValueError(f"data.val_split={data.val_split!r} has no masks to evaluate against")
+            raise DataError(f"data.val_split={data.val_split!r} has no masks to evaluate against")
     if args.eval_only:
         return eval_only(args, config, val_set, out_dir, ctx)
     run = TrainingRun(out_dir, cfg.iterations, "iterations", "val_miou", log)
     if (exit_code := run.check(args.resume, args.overwrite)) is not None:
         return exit_code
 
-    train_set = build_train_set(config, work_dir)
+    train_set = build_train_set(config, work_dir, args.skip_bad)
+    # a split smaller than one batch stops here, naming seg.batch_size
+    iterations_per_epoch(len(train_set), cfg.batch_size, ctx.world_size, data.train_split, "seg.batch_size")
     model_args = deeplab_args(cfg, train_set.num_classes)
     seed_everything(config.seed)  # the random initialisation follows the config's seed
     raw_model = build_deeplab(**model_args).to(ctx.device)
@@ -261,8 +271,8 @@ def save_run(run: TrainingRun, model, model_args: dict, train_set, config, impro
              scaler, training_modules: dict) -> None:
     """``metrics.json``, ``best.pt`` and ``last.pt`` (with what ``infer.py`` needs: architecture, class names,
     palette); ``training_modules`` (the contrastive heads and memories) go into ``last.pt`` only."""
-    state = {"model": model.state_dict(), "model_args": {**model_args, "pretrained": "none"},
-             "class_names": train_set.class_names, "palette": train_set.palette, "iteration": run.done,
+    state = {"kind": "segmentation", "model": model.state_dict(), "model_args": {**model_args, "pretrained": "none"},
+             "class_names": train_set.class_names, "palette": train_set.palette.tolist(), "iteration": run.done,
              "config": config_to_dict(config)}
     best = run.best_record()
     metrics = {
@@ -274,4 +284,4 @@ def save_run(run: TrainingRun, model, model_args: dict, train_set, config, impro
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

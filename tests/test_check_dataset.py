@@ -45,8 +45,10 @@ def test_check_split_finds_every_planted_problem(tmp_path):
     problems = "\n".join(report.problems)
     assert len(report.problems) == 5, problems
     assert "good: listed more than once" in problems
-    assert f"nomask: mask unreadable (FileNotFoundError" in problems and str(tmp_path / "labels" / "nomask.png") in problems
-    assert "corrupt: image unreadable (UnidentifiedImageError" in problems
+    assert f"nomask: mask unreadable (BadItemError: cannot read label image {tmp_path / 'labels' / 'nomask.png'}: " \
+           "no such file" in problems
+    assert f"corrupt: image unreadable (BadItemError: cannot read image {tmp_path / 'images' / 'corrupt.png'}: " \
+           "not an image file PIL can decode" in problems
     assert "small: " in problems and "mask is 1x3 but image is 2x3" in problems
     assert "badvalue: " in problems and "mask values [7]" in problems
     # readable masks: good x2, corrupt and badvalue (full), small (first row only); the 7 is not counted

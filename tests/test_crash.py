@@ -41,7 +41,7 @@ from torch.utils.data import DistributedSampler
 
 from rca.data import build_dataset
 from rca.engine.checkpoint import load_checkpoint
-from rca.io import load_label_png, load_npy
+from rca.io import load_label_png, load_npz
 from stages import gen_labels, train_cls, train_seg
 
 from helpers import write_voc
@@ -260,9 +260,9 @@ def test_train_seg_killed_mid_epoch_resumes_to_the_uninterrupted_weights(voc, tm
 
 # ---- gen_labels ------------------------------------------------------------------------------------
 def _outputs(work_dir: Path) -> dict[str, int]:
-    """``{"cams/<id>.npy" or "labels/<id>.png": mtime_ns}`` of the per-image outputs."""
+    """``{"cams/<id>.npz" or "labels/<id>.png": mtime_ns}`` of the per-image outputs."""
     return {f"{p.parent.name}/{p.name}": p.stat().st_mtime_ns
-            for folder, suffix in (("cams", ".npy"), ("labels", ".png")) if (work_dir / folder).is_dir()
+            for folder, suffix in (("cams", ".npz"), ("labels", ".png")) if (work_dir / folder).is_dir()
             for p in (work_dir / folder).iterdir() if p.suffix == suffix}
 
 
@@ -286,7 +286,7 @@ def test_gen_labels_killed_in_each_phase_redoes_only_the_missing_images(voc, cla
         assert not (work_dir / "labels" / "metrics.json").exists()
         return _outputs(work_dir)
 
-    cams = [f"cams/{name}.npy" for name in train]
+    cams = [f"cams/{name}.npz" for name in train]
     labels = [f"labels/{name}.png" for name in train]
     after_cams = killed_at(train[5])  # CAMs of images 0-4 are written
     assert sorted(after_cams) == sorted(cams[:5])
@@ -299,8 +299,8 @@ def test_gen_labels_killed_in_each_phase_redoes_only_the_missing_images(voc, cla
     assert sorted(final) == sorted(cams + labels)
     assert {k for k in final if final[k] != after_labels.get(k)} == set(labels[2:])  # only the missing labels
     for name in train:
-        for key, value in load_npy(straight_dir / "cams" / f"{name}.npy").items():
-            np.testing.assert_array_equal(load_npy(work_dir / "cams" / f"{name}.npy")[key], value)
+        for key, value in load_npz(straight_dir / "cams" / f"{name}.npz").items():
+            np.testing.assert_array_equal(load_npz(work_dir / "cams" / f"{name}.npz")[key], value)
         np.testing.assert_array_equal(load_label_png(work_dir / "labels" / f"{name}.png"),
                                       load_label_png(straight_dir / "labels" / f"{name}.png"))
     scores, straight = (json.loads((d / "labels" / "metrics.json").read_text()) for d in (work_dir, straight_dir))

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from rca.data.palette import make_palette
+from rca.errors import run_cli
 from rca.io import save_json, save_label_png, save_rgb_png
 from rca.report import _tb_scalars, canonical_labels, read_run, summary_rows, write_report
 from rca.vis import label_overlay, prediction_panel, write_prediction_panels
@@ -237,8 +238,9 @@ def test_cli_writes_the_report_and_rejects_a_missing_dir(work_dir, tmp_path, cap
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     assert cli.main([str(work_dir)]) == 0 and (work_dir / "report.html").is_file()
-    assert cli.main([str(tmp_path / "nowhere")]) == 2
-    assert "is not a folder" in capsys.readouterr().err
+    assert run_cli(cli.main, [str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is not a folder" in err
 
 
 # ---- pictures for the stages (rca.vis) -------------------------------------------------------------------

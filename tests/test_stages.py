@@ -31,7 +31,7 @@ from rca.config import SegConfig, config_to_dict, load_config
 from rca.data import build_dataset, make_palette
 from rca.data.transforms import eval_transform
 from rca.engine.checkpoint import load_checkpoint, save_checkpoint
-from rca.io import load_label_png, load_npy
+from rca.io import load_label_png, load_npz
 from rca.metrics import ConfusionMatrix, average_precision
 from rca.models.classifier import build_classifier
 from rca.models.deeplab import build_deeplab, deeplab_args, deeplab_param_groups
@@ -61,7 +61,7 @@ def _interrupt_after_first_checkpoint(monkeypatch, stage) -> None:
     monkeypatch.setattr(stage, "save_run", save_then_crash)
 
 
-def _mtimes(folder: Path, suffixes=(".pt", ".npy", ".png", ".json")) -> dict[str, int]:
+def _mtimes(folder: Path, suffixes=(".pt", ".npz", ".png", ".json")) -> dict[str, int]:
     """``{relative path: mtime_ns}`` of the stage outputs under ``folder`` (logs and configs left out)."""
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))
             if p.suffix in suffixes}
@@ -138,7 +138,7 @@ def test_run_all_runs_every_stage_and_prints_the_summary(pipeline):
         assert (work_dir / "seg" / name).is_file()
     ids = _dataset("train").ids
     assert sorted(p.stem for p in (work_dir / "labels").glob("*.png")) == sorted(ids)
-    assert sorted(p.stem for p in (work_dir / "cams").glob("*.npy")) == sorted(ids)
+    assert sorted(p.stem for p in (work_dir / "cams").glob("*.npz")) == sorted(ids)
 
     # the summary table shows the numbers of the three metrics.json files
     cls, labels, seg = (json.loads((work_dir / part / "metrics.json").read_text()) for part in ("cls", "labels", "seg"))
@@ -318,12 +318,12 @@ def labels_run(pipeline, mini_config, tmp_path_factory):
 def test_gen_labels_writes_one_cam_and_label_per_image(labels_run, pipeline):
     work_dir = labels_run[0]
     dataset = _dataset("train")
-    assert sorted(p.stem for p in (work_dir / "cams").glob("*.npy")) == sorted(dataset.ids)
+    assert sorted(p.stem for p in (work_dir / "cams").glob("*.npz")) == sorted(dataset.ids)
     assert sorted(p.stem for p in (work_dir / "labels").glob("*.png")) == sorted(dataset.ids)
     labels, masks = [], []
     for index, name in enumerate(dataset.ids):
         item = dataset[index]
-        saved = load_npy(work_dir / "cams" / f"{name}.npy")
+        saved = load_npz(work_dir / "cams" / f"{name}.npz")
         tagged = 1 + np.flatnonzero(item["tags"])  # label values of the image's tags
         np.testing.assert_array_equal(saved["classes"], tagged)
         assert saved["cams"].dtype == np.float16 and saved["cams"].shape == (len(tagged), IMAGE_SIZE, IMAGE_SIZE)
@@ -353,7 +353,7 @@ def _check_cam_seed(metrics: dict, work_dir: Path, dataset, threshold: float) ->
     curve's best point is its maximum."""
     seeds, masks = [], []
     for index, name in enumerate(dataset.ids):
-        saved = load_npy(work_dir / "cams" / f"{name}.npy")
+        saved = load_npz(work_dir / "cams" / f"{name}.npz")
         seeds.append(constant_background(saved["cams"], saved["classes"], threshold))
         masks.append(dataset.load_mask(index))
     assert metrics["cam_seed"]["threshold"] == threshold
@@ -432,7 +432,7 @@ def test_gen_labels_shards_cover_the_split_and_vis_writes_panels(labels_run, pip
     checkpoint = pipeline[0] / "cls" / "best.pt"
     assert gen_labels.main(_labels_args(mini_config, tmp_path, checkpoint, "--shard", "0/2")) == 0
     assert sorted(p.stem for p in (tmp_path / "labels").glob("*.png")) == sorted(ids[0::2])
-    assert sorted(p.stem for p in (tmp_path / "cams").glob("*.npy")) == sorted(ids[0::2])
+    assert sorted(p.stem for p in (tmp_path / "cams").glob("*.npz")) == sorted(ids[0::2])
     assert not (tmp_path / "labels" / "metrics.json").exists()  # scored once every shard is done
 
     assert gen_labels.main(_labels_args(mini_config, tmp_path, checkpoint, "--shard", "1/2")) == 0

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from rca.data.base import FilePairDataset, Item, glob_files, label_lookup, require_path
 from rca.data.palette import make_palette
+from rca.errors import DataError
 
 ADE20K_CLASSES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
@@ -61,7 +62,7 @@ class ADE20K(FilePairDataset):
 
     def __init__(self, root: str | os.PathLike, split: str, transform: Callable[[Item], Item] | None = None) -> None:
         if split not in SPLIT_FOLDERS:
-            raise ValueError(f"ADE20K split {split!r} is unknown; use one of {', '.join(SPLIT_FOLDERS)}")
+            raise DataError(f"ADE20K split {split!r} is unknown; use one of {', '.join(SPLIT_FOLDERS)}")
         root = Path(root).expanduser()
         folder = SPLIT_FOLDERS[split]
         hint = (

@@ -24,7 +24,8 @@ from PIL import Image
 
 from rca.data.label_space import LabelSpace
 from rca.data.palette import IGNORE_INDEX
-from rca.io import load_label_png
+from rca.errors import BadItemError, DataError
+from rca.io import SKIP_HINT, load_label_png, reading
 
 Item = dict[str, Any]
 
@@ -46,12 +47,17 @@ def glob_files(folder: Path, pattern: str, hint: str) -> list[Path]:
 
 
 def read_id_list(path: str | os.PathLike, hint: str) -> list[str]:
-    """The non-empty lines of a split file, stripped (raises FileNotFoundError with ``hint``)."""
+    """The non-empty lines of a split file, stripped.
+
+    Raises:
+        FileNotFoundError: no such file (the message ends with ``hint``).
+        DataError: the file lists no images.
+    """
     path = require_path(path, "split file", hint)
     with open(path) as f:
         ids = [line.strip() for line in f if line.strip()]
     if not ids:
-        raise ValueError(f"split file {path} lists no images")
+        raise DataError(f"split file {path} lists no images: list one image id per line, or choose another split")
     return ids
 
 
@@ -78,13 +84,17 @@ def apply_lookup(table: np.ndarray, raw: np.ndarray) -> np.ndarray:
     return table[np.where((raw < 0) | (raw >= len(table)), len(table) - 1, raw)]
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, fix: str = SKIP_HINT) -> np.ndarray:
     """Read an image file as ``(H, W, 3)`` uint8 RGB.
 
     EXIF orientation is deliberately not applied: annotations (COCO's polygons, VOC's masks) are
     drawn on the stored pixel grid.
+
+    Raises:
+        BadItemError: the file is missing, truncated or not an image; the message names it and
+            ends with ``fix`` (by default: replace it, leave it out or pass ``--skip-bad``).
     """
-    with Image.open(path) as image:
+    with reading(path, "image", fix), Image.open(path) as image:
         return np.array(image.convert("RGB"))  # a writable copy (torch.from_numpy needs one)
 
 
@@ -213,19 +223,20 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return self.transform(item) if self.transform is not None else item
 
     def check_mask(self, index: int, mask: np.ndarray, image_size: tuple[int, int]) -> None:
-        """Raise ValueError if ``mask`` is not ``image_size`` or holds values other than classes and 255."""
+        """Raise :class:`rca.errors.BadItemError` if ``mask`` is not ``image_size`` or holds values
+        other than classes and 255."""
         if mask.shape != image_size:
-            raise ValueError(
+            raise BadItemError(
                 f"{type(self).__name__} item {self.ids[index]!r}: mask is {mask.shape[0]}x{mask.shape[1]} "
-                f"but image is {image_size[0]}x{image_size[1]}"
+                f"but image is {image_size[0]}x{image_size[1]}; {SKIP_HINT}"
             )
         invalid = (mask >= self.num_classes) & (mask != IGNORE_INDEX)
         if invalid.any() or (mask < 0).any():
             bad = np.unique(mask[invalid | (mask < 0)])[:10].tolist()
-            raise ValueError(
+            raise BadItemError(
                 f"{type(self).__name__} item {self.ids[index]!r}: mask values {bad} are not class "
                 f"indices (0..{self.num_classes - 1}) or 255 (ignore); check the mask files or the "
-                f"dataset's value_map"
+                f"dataset's value_map (--skip-bad skips such images)"
             )
 
     def __repr__(self) -> str:
@@ -263,7 +274,7 @@ class FilePairDataset(SegmentationDataset):
         transform: Callable[[Item], Item] | None = None,
     ) -> None:
         if not len(ids) == len(images) == len(masks):
-            raise ValueError(f"{len(ids)} ids, {len(images)} images and {len(masks)} masks: expected one of each per id")
+            raise DataError(f"{len(ids)} ids, {len(images)} images and {len(masks)} masks: expected one of each per id")
         super().__init__(
             ids, class_names, has_background=has_background, has_masks=True, palette=palette, transform=transform
         )

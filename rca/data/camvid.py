@@ -20,6 +20,7 @@ from pathlib import Path
 
 from rca.data.base import FilePairDataset, Item, label_lookup, read_id_list, require_path
 from rca.data.palette import palette_from_colors
+from rca.errors import DataError
 
 CAMVID_CLASSES = (
     "Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
@@ -39,7 +40,7 @@ def _relative(path: str) -> Path:
     """
     parts = Path(path.replace("\\", "/")).parts
     if len(parts) < 2:
-        raise ValueError(f"expected '<folder>/<file>' in a CamVid list path, got {path!r}")
+        raise DataError(f"expected '<folder>/<file>' in a CamVid list path, got {path!r}")
     return Path(*parts[-2:])
 
 
@@ -67,7 +68,7 @@ class CamVid(FilePairDataset):
         for line in read_id_list(split_file, hint):
             paths = line.split()
             if len(paths) != 2:
-                raise ValueError(f"{split_file}: expected '<image path> <mask path>' per line, got {line!r}")
+                raise DataError(f"{split_file}: expected '<image path> <mask path>' per line, got {line!r}")
             images.append(self.root / _relative(paths[0]))
             masks.append(self.root / _relative(paths[1]))
         super().__init__(

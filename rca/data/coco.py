@@ -38,6 +38,7 @@ from pycocotools import mask as mask_utils
 
 from rca.data.base import Item, SegmentationDataset, read_image, require_path
 from rca.data.palette import IGNORE_INDEX, make_palette
+from rca.errors import DataError
 from rca.io import load_label_png
 
 
@@ -45,7 +46,7 @@ def _resolve_split(root: Path, split: str, year: int | None) -> str:
     """``train2014``-style split name from ``split`` (with or without year) and ``year``."""
     if re.fullmatch(r"[a-z]+\d{4}", split):
         if year is not None and not split.endswith(str(year)):
-            raise ValueError(f"COCO split {split!r} contradicts the option year={year}; drop one of them")
+            raise DataError(f"COCO split {split!r} contradicts the option year={year}; drop one of them")
         return split
     if year is not None:
         return f"{split}{year}"
@@ -59,7 +60,7 @@ def _resolve_split(root: Path, split: str, year: int | None) -> str:
             f"no {annotation_dir}/instances_{split}<year>.json; use a split such as 'train2014' or "
             f"'val2017' that has an annotation file, or set `data.root` to the COCO folder"
         )
-    raise ValueError(f"COCO split {split!r} is ambiguous ({', '.join(found)}): set the dataset option `year`")
+    raise DataError(f"COCO split {split!r} is ambiguous ({', '.join(found)}): set the dataset option `year`")
 
 
 def _segmentation_rle(segmentation: Any, height: int, width: int) -> dict:

@@ -36,6 +36,8 @@ import scipy.io
 
 from rca.data.base import FilePairDataset, Item, glob_files, label_lookup, read_id_list, require_path
 from rca.data.palette import make_palette
+from rca.errors import DataError
+from rca.io import reading
 
 COCOSTUFF_CLASSES = (
     # 80 things (COCO's categories in id order)
@@ -92,7 +94,7 @@ class COCOStuff(FilePairDataset):
         root = Path(root).expanduser()
         if version == "164k":
             if split not in SPLITS_164K:
-                raise ValueError(f"COCO-Stuff 164k split {split!r} is unknown; use one of {', '.join(SPLITS_164K)}")
+                raise DataError(f"COCO-Stuff 164k split {split!r} is unknown; use one of {', '.join(SPLITS_164K)}")
             hint = (
                 "Set `data.root` to the folder with images/{train2017,val2017} (cocodataset.org) and "
                 "annotations/{train2017,val2017} (stuffthingmaps_trainval2017.zip); no preparation script is needed."
@@ -112,7 +114,7 @@ class COCOStuff(FilePairDataset):
             images = [root / "images" / f"{image_id}.jpg" for image_id in ids]
             masks = [root / "annotations" / f"{image_id}.mat" for image_id in ids]
         else:
-            raise ValueError(f"COCO-Stuff version {version!r} is unknown; use '164k' or '10k' (data.options.version)")
+            raise DataError(f"COCO-Stuff version {version!r} is unknown; use '164k' or '10k' (data.options.version)")
         self.root = root
         self.version = version
         super().__init__(
@@ -124,5 +126,6 @@ class COCOStuff(FilePairDataset):
     def read_raw_mask(self, path: Path) -> np.ndarray:
         """Raw values in the 164k encoding (0..181, 255); 10k's ``.mat`` ``S`` is shifted down by one."""
         if path.suffix == ".mat":
-            return scipy.io.loadmat(path)["S"].astype(np.int64) - 1  # 0 (unlabeled) -> -1 -> 255
+            with reading(path, "mask"):
+                return scipy.io.loadmat(path)["S"].astype(np.int64) - 1  # 0 (unlabeled) -> -1 -> 255
         return super().read_raw_mask(path)

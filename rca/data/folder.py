@@ -27,6 +27,7 @@ from rca.data.base import (
     Item, SegmentationDataset, apply_lookup, label_lookup, read_id_list, read_image, require_path,
 )  # fmt: skip
 from rca.data.palette import IGNORE_INDEX, make_palette
+from rca.errors import BadItemError, DataError
 from rca.io import load_label_png
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
@@ -41,7 +42,7 @@ def read_class_file(path: Path) -> dict[int, str]:
         first, _, rest = line.partition(" ")
         value, name = (int(first), rest.strip()) if first.isdigit() and rest.strip() else (number, line)
         if value in classes:
-            raise ValueError(f"{path}: raw value {value} is listed twice")
+            raise DataError(f"{path}: raw value {value} is listed twice")
         classes[value] = name
     return classes
 
@@ -54,9 +55,9 @@ def _label_names(classes: dict[int, str], value_map: dict[int, int] | None, path
         if label == IGNORE_INDEX:
             continue
         if names.setdefault(label, name) != name:
-            raise ValueError(f"{path}: label {label} would be both {names[label]!r} and {name!r}; check `value_map`")
+            raise DataError(f"{path}: label {label} would be both {names[label]!r} and {name!r}; check `value_map`")
     if sorted(names) != list(range(len(names))):
-        raise ValueError(
+        raise DataError(
             f"{path}: labels after `value_map` must be 0..K-1 without gaps, got {sorted(names)}; "
             f"fix the class file or `value_map`"
         )
@@ -113,7 +114,7 @@ class FolderSegmentation(SegmentationDataset):
         if self.value_map is not None:
             bad = {k: v for k, v in self.value_map.items() if k < 0 or not 0 <= v <= IGNORE_INDEX}
             if bad:
-                raise ValueError(f"value_map entries {bad} are invalid: keys must be >= 0, labels in 0..255")
+                raise DataError(f"value_map entries {bad} are invalid: keys must be >= 0, labels in 0..255")
             self._lookup = label_lookup(self.value_map)
         class_names = _label_names(read_class_file(class_path), self.value_map, class_path)
         super().__init__(
@@ -127,7 +128,8 @@ class FolderSegmentation(SegmentationDataset):
             path = stem.with_name(stem.name + ext)
             if path.is_file():
                 return read_image(path)
-        raise FileNotFoundError(f"no image {stem}{{{','.join(self.image_exts)}}}; check `image_dir`/`image_ext`")
+        raise BadItemError(f"no image {stem}{{{','.join(self.image_exts)}}}; check `image_dir`/`image_ext` or leave "
+                           f"{self.ids[index]!r} out of the split (--skip-bad skips such images)")
 
     def load_mask(self, index: int) -> np.ndarray:
         raw = load_label_png(self.mask_dir / f"{self.ids[index]}{self.mask_ext}")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from rca.data.base import FilePairDataset, Item, label_lookup, read_id_list, require_path
 from rca.data.palette import make_palette
+from rca.errors import DataError
 
 CONTEXT59_CLASSES = (
     "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book", "bottle", "building",
@@ -86,7 +87,8 @@ class PascalContext(FilePairDataset):
         num_classes: int = 59,
     ) -> None:
         if num_classes not in (59, 60):
-            raise ValueError(f"PASCAL-Context num_classes must be 59 or 60 (data.options.num_classes), got {num_classes}")
+            raise DataError(f"PASCAL-Context num_classes must be 59 or 60 (data.options.num_classes), "
+                            f"got {num_classes}")
         root = resolve_root(Path(root).expanduser(), PREPARE_HINT)
         mask_dir = require_path(root / "SegmentationClassContext", "PASCAL-Context label folder", PREPARE_HINT)
         ids = read_id_list(root / "ImageSets" / "SegmentationContext" / f"{split}.txt", PREPARE_HINT)

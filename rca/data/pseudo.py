@@ -7,6 +7,8 @@ from typing import Any, Callable
 
 from torch.utils.data import Dataset
 
+from rca.data.skip import SKIPPED_FILE
+from rca.errors import DataError
 from rca.io import load_label_png
 
 
@@ -17,29 +19,40 @@ class WithPseudoLabels(Dataset):
         base: a dataset from :func:`rca.data.build_dataset` built without a transform.
         label_dir: folder of pseudo-label PNGs, one per image id of ``base``.
         transform: joint image/mask transform applied after the swap (e.g. ``train_transform``).
+        skip_missing: leave out the images without a pseudo label (those ``gen_labels --skip-bad``
+            skipped) instead of refusing; ``ids`` are then the others.
 
     Raises:
-        FileNotFoundError: when a pseudo label is missing (checked once, up front), naming the first
-            missing file and the stage that writes them.
+        FileNotFoundError: when a pseudo label is missing (checked once, up front) and
+            ``skip_missing`` is false, naming the first missing file and the stage that writes them.
+        DataError: no image of ``base`` has a pseudo label, with ``skip_missing``.
     """
 
-    def __init__(self, base, label_dir: str | Path, transform: Callable | None = None) -> None:
+    def __init__(self, base, label_dir: str | Path, transform: Callable | None = None,
+                 skip_missing: bool = False) -> None:
         self.base, self.label_dir, self.transform = base, Path(label_dir), transform
-        missing = [i for i in base.ids if not (self.label_dir / f"{i}.png").is_file()]
-        if missing:
+        has_label = [(self.label_dir / f"{i}.png").is_file() for i in base.ids]
+        missing = [i for i, present in zip(base.ids, has_label) if not present]
+        if missing and not skip_missing:
             raise FileNotFoundError(
                 f"{len(missing)} of {len(base.ids)} pseudo labels missing, e.g. {self.label_dir / missing[0]}.png: "
                 "run stages/gen_labels.py with the same config and work dir first (its data.label_split must "
-                "hold every image of data.train_split)"
+                "hold every image of data.train_split; images it skipped as unreadable are listed in "
+                f"{self.label_dir / SKIPPED_FILE}: pass --skip-bad to train without them)"
             )
-        for name in ("ids", "class_names", "num_classes", "has_background", "palette"):
+        self.indices = [index for index, present in enumerate(has_label) if present]
+        if not self.indices:
+            raise DataError(f"no image of the training split has a pseudo label in {self.label_dir}: "
+                            "run stages/gen_labels.py with the same config and work dir first")
+        for name in ("class_names", "num_classes", "has_background", "palette"):
             setattr(self, name, getattr(base, name))
+        self.ids = [base.ids[index] for index in self.indices]
         self.has_masks = True
 
     def __len__(self) -> int:
-        return len(self.base)
+        return len(self.indices)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        item = dict(self.base[index])
+        item = dict(self.base[self.indices[index]])
         item["mask"] = load_label_png(self.label_dir / f"{item['id']}.png")
         return self.transform(item) if self.transform is not None else item

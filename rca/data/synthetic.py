@@ -23,6 +23,7 @@ import numpy as np
 
 from rca.data.base import Item, SegmentationDataset
 from rca.data.palette import make_palette
+from rca.errors import DataError
 
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "bar")
 SHAPE_COLORS = ((220, 45, 45), (45, 185, 70), (50, 90, 230), (235, 205, 40), (200, 60, 210), (40, 200, 205))
@@ -76,14 +77,14 @@ class SyntheticShapes(SegmentationDataset):
         seed: int = 0,
     ) -> None:
         if not 1 <= num_classes <= len(SHAPES):
-            raise ValueError(
+            raise DataError(
                 f"synthetic dataset: num_classes (foreground) must be in 1..{len(SHAPES)}, got {num_classes}"
             )
         if image_size < 32:
-            raise ValueError(f"synthetic dataset: image_size must be >= 32, got {image_size}")
+            raise DataError(f"synthetic dataset: image_size must be >= 32, got {image_size}")
         num_images = DEFAULT_NUM_IMAGES.get(split, 50) if num_images is None else num_images
         if num_images < 1:
-            raise ValueError(f"synthetic dataset: num_images must be >= 1, got {num_images}")
+            raise DataError(f"synthetic dataset: num_images must be >= 1, got {num_images}")
         self.split = split
         self.image_size = image_size
         self.seed = seed

@@ -32,6 +32,7 @@ import numpy as np
 
 from rca.data.base import Item, SegmentationDataset, read_id_list, read_image, require_path
 from rca.data.palette import make_palette
+from rca.errors import DataError
 from rca.io import load_label_png
 
 VOC_CLASSES = (
@@ -64,17 +65,17 @@ def load_cls_labels(path: str | os.PathLike, ids: list[str]) -> np.ndarray:
     table = np.load(path, allow_pickle=True)
     table = table.item() if table.dtype == object and table.shape == () else table
     if not isinstance(table, dict):
-        raise ValueError(f"{path}: expected a pickled dict {{image id: 20-vector}} (PSA/IRN format)")
+        raise DataError(f"{path}: expected a pickled dict {{image id: 20-vector}} (PSA/IRN format)")
     tags = np.zeros((len(ids), len(VOC_CLASSES) - 1), dtype=np.float32)
     for row, image_id in enumerate(ids):
         key = image_id
         if key not in table and image_id.replace("_", "").isdigit():
             key = int(image_id.replace("_", ""))
         if key not in table:
-            raise ValueError(f"{path} has no entry for image {image_id!r} (nor for the key {key})")
+            raise DataError(f"{path} has no entry for image {image_id!r} (nor for the key {key})")
         vector = np.asarray(table[key], dtype=np.float32).reshape(-1)
         if vector.shape != (tags.shape[1],):
-            raise ValueError(f"{path}: entry {image_id!r} has {vector.size} values, expected {tags.shape[1]}")
+            raise DataError(f"{path}: entry {image_id!r} has {vector.size} values, expected {tags.shape[1]}")
         tags[row] = vector
     return tags
 

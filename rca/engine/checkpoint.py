@@ -1,15 +1,34 @@
-"""Checkpoints written atomically, with the RNG states a resumed run needs."""
+"""Checkpoints written atomically, with the RNG states a resumed run needs, read back safely.
+
+A checkpoint is a dict of tensors and plain Python values (numbers, strings, lists, tuples, dicts,
+``None``) and nothing else, so :func:`load_checkpoint` reads it with ``torch.load(weights_only=True)``,
+which runs no pickled code: a file from elsewhere can at worst fail to load. A model checkpoint
+(``best.pt``, ``last.pt``) carries ``kind`` (a key of :data:`CHECKPOINT_KINDS`), ``model_args`` (the
+architecture: the keyword arguments of the model's builder, backbone included) and ``model`` (its
+state dict); a stage that reads one names the kind it needs, and a checkpoint of another kind, or a
+file that is not a checkpoint, stops it with one line saying which checkpoint it needs
+(:class:`rca.errors.CheckpointError`).
+"""
 
 from __future__ import annotations
 
+import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from rca.errors import CheckpointError
 from rca.io import atomic_open
+
+CHECKPOINT_KINDS = {
+    "classifier": "stages/train_cls.py (runs/<exp>/cls/best.pt)",
+    "segmentation": "stages/train_seg.py (runs/<exp>/seg/best.pt)",
+}
+"""Checkpoint kind -> the stage that writes it (and where)."""
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -18,23 +37,62 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         torch.save(state, f)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`.
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", kind: str | None = None,
+                    fix: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint`, with ``torch.load(weights_only=True)``.
+
+    Args:
+        path: the file.
+        map_location: where tensors go (``torch.load``'s argument).
+        kind: the :data:`CHECKPOINT_KINDS` key the caller needs; ``None`` accepts any checkpoint.
+        fix: what the message of an unreadable file tells the user to do (default: give a checkpoint
+            of ``kind``, naming the stage that writes it).
 
     Raises:
-        FileNotFoundError: naming the file and the stage that writes it.
+        FileNotFoundError: no such file (the message names it and the stage that writes it).
+        CheckpointError: the file is corrupt, is not a checkpoint of this project (or holds pickled
+            objects a safe load refuses), or is of another kind than ``kind``; the message names the
+            file, the kind found and the stage that writes the kind needed.
     """
     path = Path(path)
+    writer = CHECKPOINT_KINDS[kind] if kind else "the stage that writes it"
+    wanted = f"a {kind} checkpoint, as written by {writer}" if kind else "a checkpoint of this project"
+    fix = fix or f"give {wanted}"
     if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint {path} not found: run the stage that writes it first, or pass --checkpoint"
-        )
-    return torch.load(path, map_location=map_location, weights_only=False)
+        raise FileNotFoundError(f"checkpoint {path} not found: pass --checkpoint, or run {writer} first")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # a truncated zip, a text file, pickled objects: every failure means the same
+        raise CheckpointError(f"cannot read checkpoint {path}: {_load_failure(error)}; {fix}") from error
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path} is not a model checkpoint (it has no 'model' entry); {fix}")
+    if kind is not None and state.get("kind") != kind:
+        found = state.get("kind")
+        what = (f"a {found} checkpoint (backbone {state.get('model_args', {}).get('backbone')}, written by "
+                f"{CHECKPOINT_KINDS[found].split(' ')[0]})" if found in CHECKPOINT_KINDS
+                else "a checkpoint without a known kind (written by other code, or before checkpoints recorded it)")
+        raise CheckpointError(f"{path} is {what}, but this stage needs {wanted}")
+    return state
+
+
+def _load_failure(error: Exception) -> str:
+    """Why ``torch.load`` failed, in a few words (torch's own messages run over many lines)."""
+    text = " ".join(str(error).split())
+    if found := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):
+        return (f"it holds pickled Python objects ({found.group(1)}), which a safe load (weights_only=True) "
+                f"refuses: it was written by other code, or by this project before its checkpoints were safe to load")
+    cause = "the file is truncated, corrupt or not a torch checkpoint"
+    if isinstance(error, pickle.UnpicklingError):  # torch's text says nothing more useful here
+        return cause
+    return f"{cause} ({type(error).__name__}: {text.split('. ')[0][:200]})"
 
 
 def rng_state() -> dict[str, Any]:
-    """The states of Python's, NumPy's and torch's (CPU and CUDA) global RNGs."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The states of Python's, NumPy's and torch's (CPU and CUDA) global RNGs, in plain values and
+    tensors only (NumPy's MT19937 key as a list of ints), so a weights-only load reads them."""
+    name, key, position, has_gauss, gauss = np.random.get_state(legacy=True)
+    state = {"python": random.getstate(), "numpy": [name, key.tolist(), position, has_gauss, gauss],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -43,7 +101,8 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` captured."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, key, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(key, dtype=np.uint32), position, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,4 +1,5 @@
-"""The optimisation step both trainers share: poly LR, AMP grad scaling, one SGD update.
+"""The optimisation step both trainers share: poly LR, AMP grad scaling, one SGD update, and the
+stop on a non-finite loss.
 
 Poly LR (DeepLab-v2, Chen et al., TPAMI 2018, arXiv:1606.00915, Sec. 4.1; used by PSA, IRN and RCA
 for the classifier too): ``lr_t = lr_0 (1 - t / T) ** 0.9``, stepped once per iteration.
@@ -6,7 +7,11 @@ for the classifier too): ``lr_t = lr_0 (1 - t / T) ** 0.9``, stepped once per it
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from rca.errors import NonFiniteLossError
 
 POLY_POWER = 0.9
 
@@ -33,3 +38,27 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, schedul
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()
+
+
+def check_finite(losses: dict[str, float], where: str, lr_key: str) -> None:
+    """Stop training when a loss of this step is NaN or infinite.
+
+    Called before anything of the step is saved, so the checkpoints on disk stay the last good ones.
+
+    Args:
+        losses: name -> value of this step's loss terms and of the total, ``"loss"``, which is named
+            only when every other term is finite (then its part not logged apart, e.g. the
+            segmentation cross-entropy, went non-finite).
+        where: the step, for the message (``"epoch 3, iteration 12/40"``).
+        lr_key: the config key of the learning rate, for the advice.
+
+    Raises:
+        NonFiniteLossError: naming the term, its value and ``where``.
+    """
+    terms = {name: value for name, value in losses.items() if name != "loss"}
+    bad = next((f"loss term {name!r} is {value}" for name, value in terms.items() if not math.isfinite(value)), None)
+    if bad is None and not math.isfinite(losses.get("loss", 0.0)):
+        bad = f"the loss is {losses['loss']}" + (f" (its terms {', '.join(terms)} are finite)" if terms else "")
+    if bad is not None:
+        raise NonFiniteLossError(f"{bad} at {where}: training stopped, and the checkpoints on disk are from before "
+                                 f"this step; lower {lr_key} or check the data, then rerun with --overwrite")

@@ -34,8 +34,21 @@ from rca.config import save_config
 from rca.engine.checkpoint import load_checkpoint, restore_training_state, save_training_state
 from rca.engine.logs import tensorboard_writer
 from rca.io import save_json
+from rca.errors import EXIT_REFUSED, DataError  # EXIT_REFUSED: a stage's status when it refuses a run
 
-EXIT_REFUSED = 2  # a stage's exit status when it refuses to touch an unfinished run
+
+def iterations_per_epoch(num_images: int, batch_size: int, world_size: int, split: str, batch_key: str) -> int:
+    """Full batches per epoch on each rank (the last, incomplete batch is dropped).
+
+    Raises:
+        DataError: the split holds fewer images than one batch on every rank; the message names
+            ``split`` and the config key ``batch_key``.
+    """
+    iterations = num_images // (batch_size * world_size)
+    if iterations == 0:
+        raise DataError(f"{batch_key}={batch_size} x {world_size} process(es) exceeds the {num_images} usable images "
+                        f"of split {split!r}: lower {batch_key} or use a larger split")
+    return iterations
 
 
 class TrainingRun:
@@ -69,7 +82,7 @@ class TrainingRun:
         """
         if overwrite or not self.last_path.is_file():
             return None
-        state = load_checkpoint(self.last_path)
+        state = load_checkpoint(self.last_path, fix="pass --overwrite to train again from the start")
         if state["done"] >= self.total:
             self.log.info("%s is finished (%d %s); --overwrite retrains", self.last_path, self.total, self.unit)
             return 0

@@ -33,6 +33,7 @@ from torch import nn
 from torchvision import models
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from rca.errors import CheckpointError
 from rca.models.efficientnet import VARIANTS as _EFFICIENTNETS
 from rca.models.efficientnet import build_efficientnet_lite
 from rca.models.resnet38 import ResNet38
@@ -259,14 +260,18 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
     the backbone's names and shapes (BN ``num_batches_tracked`` may be absent).
 
     Raises:
-        ValueError: the file holds no state dict, or keys are missing/unexpected, or shapes differ;
-            the message names the file and the first offending keys.
+        CheckpointError: (a ``ValueError``) the file cannot be read, holds no state dict, or keys are
+            missing/unexpected, or shapes differ; the message names the file and the first offending keys.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, not a torch file, or pickled objects a safe load refuses
+        raise CheckpointError(f"cannot read pretrained weights {path}: {type(error).__name__}: "
+                              f"{(str(error).strip().splitlines() or [''])[0][:200]}") from error
     if isinstance(state, dict):
         state = next((state[k] for k in ("model", "state_dict") if isinstance(state.get(k), dict)), state)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: expected a state dict (name -> tensor) or a dict with key 'model' or "
             f"'state_dict' holding one"
         )
@@ -279,10 +284,10 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
         if k in own and v.shape != own[k].shape
     ]
     if mismatched:
-        raise ValueError(f"{path}: {len(mismatched)} tensors have the wrong shape, e.g. {mismatched[:5]}")
+        raise CheckpointError(f"{path}: {len(mismatched)} tensors have the wrong shape, e.g. {mismatched[:5]}")
     result = backbone.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} does not match backbone {type(backbone).__name__}: "
             f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:5]}), "
             f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:5]}); "
