@@ -650,8 +650,8 @@ def test_infer_predicts_a_split_without_masks_or_tags(tmp_path):
     model_args = {**deeplab_args(config.seg, 21), "pretrained": "none"}
     model = build_deeplab(**model_args).eval()
     checkpoint, output = tmp_path / "seg.pt", tmp_path / "out"
-    save_checkpoint(checkpoint, {"model": model.state_dict(), "model_args": model_args, "palette": make_palette(21),
-                                 "config": config_to_dict(config)})
+    save_checkpoint(checkpoint, {"kind": "segmentation", "model": model.state_dict(), "model_args": model_args,
+                                 "palette": make_palette(21).tolist(), "config": config_to_dict(config)})
     args = ["--checkpoint", str(checkpoint), "--split", "test", "--output", str(output), "--device", "cpu"]
     with pytest.raises(FileNotFoundError, match="moved"):  # the checkpoint's data.root
         infer.main(args)
