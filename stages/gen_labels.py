@@ -126,17 +126,19 @@ def build_job(config, work_dir: Path) -> LabelJob:
 def make_labels(job: LabelJob, pool: WorkerPool, indices: list[int], args, config, work_dir: Path, log) -> dict:
     """CAMs, then pseudo labels, of the images ``indices`` that lack them; returns their speeds."""
     timing, ids = {}, job.label_set.ids
-    todo = [i for i in indices if args.overwrite or not (job.cam_dir / f"{ids[i]}.npy").is_file()]
-    if todo:
+    cam_todo = [i for i in indices if args.overwrite or not (job.cam_dir / f"{ids[i]}.npy").is_file()]
+    label_todo = [i for i in indices if args.overwrite or not (job.label_dir / f"{ids[i]}.png").is_file()]
+    if label_todo:
+        pool.start()  # the CRF workers start up while the CAMs are computed
+    if cam_todo:
         checkpoint = Path(args.checkpoint or work_dir / "cls" / "best.pt")
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        timing["cam_images_per_s"] = write_cams(job.label_set, todo, job.cam_dir, checkpoint, config, device, log)
-    todo = [i for i in indices if args.overwrite or not (job.label_dir / f"{ids[i]}.png").is_file()]
-    if todo:
+        timing["cam_images_per_s"] = write_cams(job.label_set, cam_todo, job.cam_dir, checkpoint, config, device, log)
+    if label_todo:
         start = time.perf_counter()
-        pool.map("make_label", todo, "pseudo labels")
-        timing["label_images_per_s"] = len(todo) / (time.perf_counter() - start)
-        log.info("pseudo labels: %d images, rule %s, CRF %s, %d worker(s): %.2f images/s", len(todo),
+        pool.map("make_label", label_todo, "pseudo labels")
+        timing["label_images_per_s"] = len(label_todo) / (time.perf_counter() - start)
+        log.info("pseudo labels: %d images, rule %s, CRF %s, %d worker(s): %.2f images/s", len(label_todo),
                  job.rule.name, job.rule.crf, args.workers, timing["label_images_per_s"])
     return timing
 
