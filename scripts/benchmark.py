@@ -39,7 +39,9 @@ crop size and batch; no stage outputs are needed. Printed, and with ``--json FIL
 * peak memory, thread count, load average before and after (the machine may be shared).
 
 ``--quick``: 3 repeats, 1 warm-up, batches capped at 4, no pool (under a minute on a 2-core CPU
-with the demo config). Mixed precision is not used (fp32 steps on every device).
+with the demo config). ``--sections`` picks parts (e.g. ``--sections cls crf``). Mixed precision is
+not used (fp32 steps on every device). On a shared machine, ``--threads 1`` keeps the numbers
+steadier (torch's threads spin while other processes hold the cores).
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ TARGET_CRF_SPEEDUP = 2.0  # restricted to the tagged classes vs all labels
 TARGET_CONTRAST_SHARE = 0.10  # issue 9: each contrastive loss adds at most 10 % to the DeepLab step
 VOC_LABELS = 21  # background + 20 classes: the "all classes" CRF has at least this many labels
 RCA_PARTS = ("contrast", "aggregation", "write")  # switched off one at a time
+MET = {True: "met", False: "MISSED"}
 
 
 class Timer:
@@ -128,9 +131,10 @@ class Timer:
             for _ in range(calls):
                 call()
             self.sync()
+        kind = "device" if self.device.type == "cuda" else "cpu"  # GPU kernels' time on a GPU
         times = {}
         for event in prof.key_averages():
-            total = event.cpu_time_total if event.key.startswith("step/") else event.self_cpu_time_total
+            total = getattr(event, f"{kind}_time_total" if event.key.startswith("step/") else f"self_{kind}_time_total")
             times[event.key] = times.get(event.key, 0.0) + total / 1e3 / calls
         return times
 
@@ -201,8 +205,15 @@ def steady_rca_classifier(cls, num_tags: int, device: torch.device, aggregation:
     return model
 
 
+def classifiers(cls, num_tags: int, device: torch.device) -> dict:
+    """``{"cam": the method-cam classifier, "rca": the steady-state rca one}``, random weights (seed 0)."""
+    torch.manual_seed(0)
+    cam = build_classifier(**{**classifier_args(cls, num_tags), "pretrained": "none", "method": "cam"}).to(device)
+    return {"cam": cam, "rca": steady_rca_classifier(cls, num_tags, device)}
+
+
 def classifier_section(cls, dataset, device: torch.device, batch: int, timer: Timer, peak) -> tuple[dict, dict]:
-    """The ``cls`` results and the two classifiers (``cam``, ``rca``) for CAM inference.
+    """The ``cls`` results and the two classifiers of :func:`classifiers` (in eval mode, for CAM inference).
 
     The batch is ``batch`` images of the label split with ``train_cls``'s augmentation, and their tags.
     """
@@ -210,10 +221,8 @@ def classifier_section(cls, dataset, device: torch.device, batch: int, timer: Ti
     data = training_batch(dataset, transform, batch)
     images, tags = data["image"].to(device), data["tags"].to(device)
     num_tags = tags.shape[1]
-    torch.manual_seed(0)
-    cam = build_classifier(**{**classifier_args(cls, num_tags), "pretrained": "none", "method": "cam"}).to(device)
-    models = {"cam": cam, "rca": steady_rca_classifier(cls, num_tags, device)}
-    steps = {"cam": classifier_step(cam, images, tags, cls, contrast=False, write=False),
+    models = classifiers(cls, num_tags, device)
+    steps = {"cam": classifier_step(models["cam"], images, tags, cls, contrast=False, write=False),
              "rca": classifier_step(models["rca"], images, tags, cls, contrast=True, write=True)}
     for part in RCA_PARTS:  # the steady-state step with one part switched off
         model = steady_rca_classifier(cls, num_tags, device, aggregation=part != "aggregation")
@@ -373,46 +382,55 @@ def pool_section(config, workers: int) -> dict:
             "same_processes": phases[1][1] <= phases[0][1]}
 
 
-def report(results: dict) -> str:
-    """The results as a short text report."""
-    def step_lines(steps: dict) -> list[str]:
-        return [f"  {name:20} {r['s']:8.4f} s  {r['gflop']:9.2f} GFLOP  {r['gflop_per_s']:8.1f} GFLOP/s"
-                + (f"  {100 * r['peak_fraction']:.1f} % of peak" if r.get("peak_fraction") else "")
-                for name, r in steps.items()]
+def _steps(steps: dict) -> list[str]:
+    return [f"  {name:20} {r['s']:8.4f} s  {r['gflop']:9.2f} GFLOP  {r['gflop_per_s']:8.1f} GFLOP/s"
+            + (f"  {100 * r['peak_fraction']:.1f} % of peak" if r.get("peak_fraction") else "")
+            for name, r in steps.items()]
 
-    cls, cam, crf, seg = results["cls"], results["cam_inference"], results["crf"], results["seg"]
-    met = {True: "met", False: "MISSED"}
+
+def _where(name: str, where: dict) -> str:
+    ranges = ", ".join(f"{k[5:]} {v['ms']:.0f} (baseline {v['baseline_ms']:.0f})" for k, v in where["ranges"].items())
+    ops = ", ".join(f"{k} +{v:.0f}" for k, v in where["ops_added_ms"].items())
+    return f"  where the time of {name} goes (ms per call, profiled): {ranges}; ops: {ops}"
+
+
+def report(results: dict) -> str:
+    """The results as a short text report (the sections present)."""
     lines = [f"config {results['config']}, device {results['device']}, {results['threads']} threads, "
              f"median of {results['repeats']} after {results['warmup']} warm-up, load average "
-             f"{results['load_average'][0]:.2f} -> {results['load_average'][1]:.2f}",
-             f"classifier step, {cls['backbone']}, batch {cls['batch']}, crop {cls['crop_size']}:",
-             *step_lines(cls["steps"]),
-             f"  rca / cam = {cls['rca_over_cam']:.3f} (target <= {cls['target']}: {met[cls['target_met']]})",
-             "  share of the rca step: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in cls["shares"].items()),
-             f"  steady state: {cls['steady_state']}; k-means update_centres {cls['update_centres_s']:.4f} s per epoch",
-             f"CAM inference per image {cam['image_size']}, scales {cam['scales']}, flip {cam['flip']}:",
-             *step_lines(cam["per_image"]),
-             f"dense CRF per image {crf['image_size']} ({crf['preset']}): {crf['restricted_labels']} labels "
-             f"{crf['restricted_s']:.4f} s, {crf['all_labels']} labels {crf['all_s']:.4f} s, speed-up "
-             f"{crf['speedup']:.2f} (target >= {crf['target']}: {met[crf['target_met']]})",
-             f"DeepLab-v2 step, {seg['backbone']}, batch {seg['batch']}, crop {seg['crop_size']}:",
-             *step_lines(seg["steps"]),
-             "  added share: " + ", ".join(f"{k} {100 * v:+.1f} % ({met[seg['target_met'][k]]})"
-                                           for k, v in seg["added_share"].items())
-             + f" (target <= {100 * seg['target_added_share']:.0f} %)",
-             f"  inference per image {seg['inference']['image_size']}: {seg['inference']['s']:.4f} s, "
-             f"{seg['inference']['gflop']:.2f} GFLOP"]
-    for where in [("rca step", cls.get("where_time_goes"))] + list(seg.get("where_time_goes", {}).items()):
-        if where[1]:
-            ranges = ", ".join(f"{k[5:]} {v['ms']:.0f} (baseline {v['baseline_ms']:.0f})" for k, v in where[1]["ranges"].items())
-            ops = ", ".join(f"{k} +{v:.0f}" for k, v in where[1]["ops_added_ms"].items())
-            lines.append(f"where the time of {where[0]} goes (ms per call, profiled): {ranges}; ops: {ops}")
-    if "pool" in results:
-        pool = results["pool"]
+             f"{results['load_average'][0]:.2f} -> {results['load_average'][1]:.2f}"]
+    if cls := results.get("cls"):
+        lines += [f"classifier step, {cls['backbone']}, batch {cls['batch']}, crop {cls['crop_size']}:",
+                  *_steps(cls["steps"]),
+                  f"  rca / cam = {cls['rca_over_cam']:.3f} (target <= {cls['target']}: {MET[cls['target_met']]})",
+                  "  share of the rca step: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in cls["shares"].items()),
+                  f"  steady state: {cls['steady_state']}; k-means update_centres {cls['update_centres_s']:.4f} s"]
+        if "where_time_goes" in cls:
+            lines.append(_where("the rca step", cls["where_time_goes"]))
+    if cam := results.get("cam_inference"):
+        lines += [f"CAM inference per image {cam['image_size']}, scales {cam['scales']}, flip {cam['flip']}:",
+                  *_steps(cam["per_image"])]
+    if crf := results.get("crf"):
+        lines.append(f"dense CRF per image {crf['image_size']} ({crf['preset']}): {crf['restricted_labels']} labels "
+                     f"{crf['restricted_s']:.4f} s, {crf['all_labels']} labels {crf['all_s']:.4f} s, speed-up "
+                     f"{crf['speedup']:.2f} (target >= {crf['target']}: {MET[crf['target_met']]})")
+    if seg := results.get("seg"):
+        lines += [f"DeepLab-v2 step, {seg['backbone']}, batch {seg['batch']}, crop {seg['crop_size']}:",
+                  *_steps(seg["steps"]),
+                  "  added share: " + ", ".join(f"{k} {100 * v:+.1f} % ({MET[seg['target_met'][k]]})"
+                                                for k, v in seg["added_share"].items())
+                  + f" (target <= {100 * seg['target_added_share']:.0f} %)",
+                  *(_where(name, where) for name, where in seg.get("where_time_goes", {}).items()),
+                  f"  inference per image {seg['inference']['image_size']}: {seg['inference']['s']:.4f} s, "
+                  f"{seg['inference']['gflop']:.2f} GFLOP"]
+    if pool := results.get("pool"):
         lines.append(f"gen_labels pool, {pool['workers']} workers: first phase {pool['first_phase_s']:.2f} s "
                      f"(start-up), second phase {pool['second_phase_s']:.3f} s, same processes {pool['same_processes']}")
     lines.append(f"peak memory {results['peak_memory_mb']:.0f} MiB")
     return "\n".join(lines)
+
+
+SECTIONS = ("cls", "cam_inference", "crf", "seg", "pool")
 
 
 def main(argv=None) -> int:
@@ -426,35 +444,46 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak TFLOP/s (datasheet, at the precision used) to report utilisation")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=None, metavar="S",
+                        help=f"measure only these, of {' '.join(SECTIONS)} (default: all; quick: all but pool)")
     parser.add_argument("--pool-workers", type=int, default=2, help="processes of the gen_labels pool measured (default 2)")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file (atomically)")
     args = parser.parse_args(argv)
+    for name in ("repeats", "warmup", "batch", "threads", "pool_workers"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
     repeats = args.repeats or (3 if args.quick else 10)
     warmup = args.warmup or (1 if args.quick else 2)
     cap = args.batch or (4 if args.quick else None)
+    sections = args.sections or [name for name in SECTIONS if not (args.quick and name == "pool")]
     if args.threads:
         torch.set_num_threads(args.threads)
     config, _ = config_from_args(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    timer = Timer(device, repeats, warmup)
-    data = config.data
+    timer, peak = Timer(device, repeats, warmup), args.peak_tflops
+    data, cls, seg = config.data, config.cls, config.seg
     dataset = build_dataset(data.name, data.root, data.label_split, **data.options)
     item = dataset[0]
     image = eval_transform()(item)["image"]
     results = {"command": " ".join(["python", "scripts/benchmark.py", *(sys.argv[1:] if argv is None else argv)]),
                "config": config.name, "device": str(device), "threads": torch.get_num_threads(),
-               "repeats": repeats, "warmup": warmup, "peak_tflops": args.peak_tflops,
-               "load_average": [os.getloadavg()[0]]}
+               "repeats": repeats, "warmup": warmup, "peak_tflops": peak, "load_average": [os.getloadavg()[0]]}
 
-    cls, seg = config.cls, config.seg
-    results["cls"], classifiers = classifier_section(cls, dataset, device, min(cls.batch_size, cap or cls.batch_size),
-                                                     timer, args.peak_tflops)
-    with torch.inference_mode():
-        results["cam_inference"] = cam_inference_section(classifiers, image, config.labels, timer, args.peak_tflops)
-        results["crf"] = crf_section(classifiers["rca"], item, image, dataset, config, timer)
-    results["seg"] = seg_section(seg, dataset, image, device, min(seg.batch_size, cap or seg.batch_size), timer,
-                                 args.peak_tflops)
-    if not args.quick:
+    models = None
+    if "cls" in sections:
+        results["cls"], models = classifier_section(cls, dataset, device, min(cls.batch_size, cap or cls.batch_size),
+                                                    timer, peak)
+    if {"cam_inference", "crf"} & set(sections):
+        models = models or {name: model.eval() for name, model in
+                            classifiers(cls, dataset.label_space.num_tags, device).items()}
+        with torch.inference_mode():
+            if "cam_inference" in sections:
+                results["cam_inference"] = cam_inference_section(models, image, config.labels, timer, peak)
+            if "crf" in sections:
+                results["crf"] = crf_section(models["rca"], item, image, dataset, config, timer)
+    if "seg" in sections:
+        results["seg"] = seg_section(seg, dataset, image, device, min(seg.batch_size, cap or seg.batch_size), timer, peak)
+    if "pool" in sections:
         results["pool"] = pool_section(config, args.pool_workers)
     results["peak_memory_mb"] = peak_memory_mb(device)
     results["load_average"].append(os.getloadavg()[0])
