@@ -2,7 +2,8 @@
 
     python scripts/benchmark.py [--config rca/configs/demo.yaml] [--set key=value ...] [--quick]
                                 [--json FILE] [--repeats N] [--warmup N] [--batch N] [--threads N]
-                                [--device cpu|cuda] [--peak-tflops X] [--pool-workers N]
+                                [--device cpu|cuda] [--peak-tflops X] [--sections S ...]
+                                [--pool-workers N]
 
 Each number is the median of ``--repeats`` timed calls after ``--warmup`` untimed ones. The calls
 compared in a ratio are timed round-robin in this process (one call of each per round), so a
