@@ -135,6 +135,24 @@ class RegionalMemory(nn.Module):
             self.ptr.copy_((self.ptr + n) % self.size)
             self.filled.copy_((self.filled + n).clamp(max=self.size))
 
+    @torch.no_grad()
+    def fill_random(self, generator: torch.Generator | None = None) -> None:
+        """Fill every slot of every class with a random unit vector (uniform on the sphere).
+
+        The bank as it stands once training has filled it (``len(self) == num_classes * size``,
+        every pointer back at slot 0, the oldest entry): ``scripts/benchmark.py`` times the steady
+        state with it, where an empty bank would skip the contrast and the aggregation.
+        Under ``torch.distributed`` give every rank the same ``generator`` seed to keep the banks
+        identical.
+
+        Args:
+            generator: optional ``torch.Generator`` on the bank's device for the draws.
+        """
+        draws = torch.randn(self.bank.shape, generator=generator, device=self.bank.device)
+        self.bank.copy_(F.normalize(draws, dim=2))
+        self.ptr.zero_()
+        self.filled.fill_(self.size)
+
     def keys(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The filled entries of the bank, class by class.
 

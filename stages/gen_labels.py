@@ -159,6 +159,8 @@ def make_labels(job: LabelJob, pool: WorkerPool, indices: list[int], args, confi
     labels_todo = [i for i in indices if args.overwrite or not (job.label_dir / f"{ids[i]}.png").is_file()]
     if cams_todo or labels_todo:
         (job.label_dir / "metrics.json").unlink(missing_ok=True)
+    if labels_todo:
+        pool.start()  # the CRF workers start up while the CAMs are computed
     if cams_todo:
         checkpoint = Path(args.checkpoint or work_dir / "cls" / "best.pt")
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

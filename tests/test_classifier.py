@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rca.classify import region_contrast_loss
+from rca.config import ClsConfig
 from rca.kmeans import kmeans
 from rca.losses import semantic_contrast_loss
 from rca.models.classifier import (build_classifier, rca_classification_loss,
@@ -258,3 +260,45 @@ def test_one_optimisation_step_lowers_the_loss():
     with torch.no_grad():
         after = total_loss()
     assert after.item() < before.item()
+
+
+def test_fine_cams_equal_fuse_then_fine_head_with_the_same_gradients():
+    """The folded 1x1 convolutions compute fine_head(fuse(concat[x, context])), gradients included."""
+    model = small_model()
+    torch.manual_seed(1)
+    for conv in (model.fuse, model.fine_head):  # weights of a trained size, not the 0.01 init
+        torch.nn.init.normal_(conv.weight, 0.0, 0.1)
+    torch.nn.init.normal_(model.fuse.bias, 0.0, 1.0)
+    channels = model.backbone.out_channels
+    x = torch.randn(2, channels, 3, 5, requires_grad=True)
+    context = torch.randn(2, D, 3, 5, requires_grad=True)
+    parameters = [x, context, model.fuse.weight, model.fuse.bias, model.fine_head.weight]
+
+    def value_and_grads(function):
+        out = function()
+        grads = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(), parameters)
+        return out, grads
+
+    folded, folded_grads = value_and_grads(lambda: model.fine_cams(x, context))
+    plain, plain_grads = value_and_grads(lambda: model.fine_head(model.fuse(torch.cat([x, context], 1))))
+    assert folded.shape == (2, K, 3, 5)
+    assert torch.allclose(folded, plain, rtol=1e-4, atol=1e-4)
+    for mine, reference in zip(folded_grads, plain_grads):
+        assert torch.allclose(mine, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_steady_state_memory_gives_contrast_and_aggregation():
+    """fill_random + update_centres: the benchmark's steady state runs every part of RCA."""
+    model = small_model()
+    model.memory.fill_random(torch.Generator().manual_seed(0))
+    model.update_centres()
+    assert len(model.memory) == K * 8 and bool(model.centre_valid.all())
+    images, tags = torch.randn(2, 3, 64, 64), torch.tensor([[1, 0, 1, 0], [0, 0, 0, 1]])
+    out = model(images, tags)
+    assert out["attention"].shape == (2, 16, K * 2)
+    features = model.embed_head(model.backbone(images))
+    assert model.aggregate(features)[0].abs().sum() > 0  # a non-zero context reaches the fine CAMs
+    loss = region_contrast_loss(out, model.memory, ClsConfig())
+    assert loss > 0
+    loss.backward()
+    assert model.embed_head[0].weight.grad.abs().sum() > 0

@@ -4,6 +4,8 @@ the config, the run bookkeeping, the worker pool."""
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,14 +97,30 @@ def test_training_run_keeps_the_best_and_refuses_or_skips(tmp_path):
 
 
 class _Squares:
+    """A pool context that logs the id of every process it is unpickled in (each worker, once)."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        with open(self.log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
     def square(self, x: int) -> int:
         return x * x
 
 
-def test_worker_pool_maps_methods_in_order():
+def test_worker_pool_maps_methods_in_order_on_processes_started_once(tmp_path):
     for workers in (1, 2):
-        with WorkerPool(_Squares(), workers) as pool:
-            assert pool.map("square", range(7), "test") == [x * x for x in range(7)]
+        log = tmp_path / f"workers_{workers}.txt"
+        with WorkerPool(_Squares(log), workers) as pool:
+            pool.start()
+            for _ in range(2):  # two phases of one run (gen_labels: pseudo labels, then scores)
+                assert pool.map("square", range(7), "test") == [x * x for x in range(7)]
+        started = log.read_text().split() if log.exists() else []
+        assert len(started) == (workers if workers > 1 else 0)  # no process per phase
+        assert str(os.getpid()) not in started
 
 
 class _Noise:

@@ -141,3 +141,19 @@ def test_push_under_ddp_gathers_all_ranks(tmp_path):
     assert states[0]["filled"].tolist() == [4, 4]
     assert torch.allclose(states[0]["bank"], expected.bank)
     assert torch.equal(states[0]["ptr"], expected.ptr)
+
+
+def test_fill_random_fills_every_slot_with_unit_vectors():
+    memory = RegionalMemory(num_classes=3, size=5, dim=8, mode="fifo")
+    memory.push(one_hot_rows([0], 8), torch.tensor([1]))
+    memory.fill_random(torch.Generator().manual_seed(0))
+    assert len(memory) == 15 and memory.filled.tolist() == [5, 5, 5] and memory.ptr.tolist() == [0, 0, 0]
+    keys, labels = memory.keys()
+    assert torch.allclose(keys.norm(dim=1), torch.ones(15), atol=1e-6)
+    assert labels.tolist() == [0] * 5 + [1] * 5 + [2] * 5
+    assert len({tuple(k.tolist()) for k in keys}) == 15  # random draws, no repeats
+    again = RegionalMemory(num_classes=3, size=5, dim=8)
+    again.fill_random(torch.Generator().manual_seed(0))
+    assert torch.equal(again.bank, memory.bank)  # reproducible from the generator
+    memory.push(one_hot_rows([2], 8), torch.tensor([1]))  # the next write replaces slot 0, the oldest
+    assert torch.equal(memory.bank[1, 0], one_hot_rows([2], 8)[0]) and len(memory) == 15

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from rca.crf import dense_crf
 from rca.pseudo_labels import (argmax_labels, confident_labels, constant_background, make_pseudo_label,
                                power_background, probabilities_with_background, saliency_background)
 
@@ -88,6 +89,26 @@ def test_rules_with_crf_move_a_blurred_boundary_to_the_colour_edge():
     assert np.mean(make_pseudo_label(two_classes, np.array([2, 5]), "argmax") == truth) < 0.98
     labels = make_pseudo_label(two_classes, np.array([2, 5]), "argmax", image=image, crf="psa")
     np.testing.assert_array_equal(labels, truth)
+
+
+def test_crf_over_the_tagged_classes_equals_the_crf_over_all_labels():
+    """The rules run the dense CRF over background + the tagged classes only. Over all 21 VOC labels,
+    the untagged ones at probability 0 (unary -log 1e-5 after the clip), it gives the same labels
+    and marginals: the untagged labels never gain mass. (The restricted CRF is the cheaper one:
+    scripts/benchmark.py times both.)"""
+    image = edge_image()
+    top = (np.arange(40) < 20)[:, None]
+    cams = np.stack([blurred_edge(14) * top, blurred_edge(16) * ~top])  # label 5 above, label 12 below
+    classes = np.array([5, 12])
+    labels = constant_background(cams, classes, 0.5, image=image, crf="psa")
+    assert set(np.unique(labels)) == {0, 5, 12}
+    restricted = probabilities_with_background(cams, 0.5)
+    full = np.zeros((21, 40, 40), np.float32)
+    full[[0, 5, 12]] = restricted  # channel = label value
+    marginals = dense_crf(image, full, preset="psa")
+    np.testing.assert_array_equal(marginals.argmax(axis=0), labels)
+    np.testing.assert_allclose(marginals[[0, 5, 12]], dense_crf(image, restricted, preset="psa"), atol=1e-5)
+    assert np.delete(marginals, [0, 5, 12], axis=0).max() < 1e-5
 
 
 def test_make_pseudo_label_dispatch_and_errors():
