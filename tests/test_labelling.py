@@ -3,6 +3,7 @@ the config, the run bookkeeping, the worker pool."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -85,7 +86,8 @@ def test_training_run_keeps_the_best_and_refuses_or_skips(tmp_path):
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     unfinished = TrainingRun(tmp_path, total=3, unit="epochs", score_key="val", log=log)
     unfinished.add({"val": 1.0}, done=1)
-    unfinished.save({"model": model.state_dict()}, True, optimizer, scheduler, scaler)
+    unfinished.save({"model": model.state_dict()}, True, optimizer, scheduler, scaler, {"epochs_done": 1})
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"epochs_done": 1}
     again = TrainingRun(tmp_path, total=3, unit="epochs", score_key="val", log=log)
     assert again.check(resume=False, overwrite=False) == EXIT_REFUSED
     assert again.check(resume=True, overwrite=False) is None
