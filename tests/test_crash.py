@@ -51,7 +51,8 @@ SEED = 0  # demo.yaml's
 CLS_BATCH, SEG_BATCH = 8, 4
 TIMEOUT = 300  # seconds a stage may take to reach a piped image (a few, unloaded)
 TIMINGS = {"s_per_iter", "peak_memory_mb"}  # history keys that measure the machine, not the run
-pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="the kill points are named pipes (POSIX)")
+pytestmark = [pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="the kill points are named pipes (POSIX)"),
+              pytest.mark.usefixtures("one_thread")]
 
 # demo.yaml shrunk: 16 training images of 48x48 (2 classifier iterations or 4 DeepLab iterations an
 # epoch), 8 val images, one test scale; DeepLab trains on the true masks, independent of gen_labels.
@@ -65,13 +66,6 @@ OVERRIDES = [
     "seg.labels=gt", "seg.iterations=6", f"seg.batch_size={SEG_BATCH}", "seg.crop_size=48", "seg.val_interval=3",
 ]  # fmt: skip
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

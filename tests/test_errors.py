@@ -34,18 +34,12 @@ from rca.errors import EXIT_REFUSED, BadItemError, error_message, run_cli
 from rca.io import load_label_png
 from stages import gen_labels, infer, train_cls, train_seg
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
 IDS = [f"img{i}" for i in range(8)]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two threads make these tiny steps much slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def make_dataset(root: Path) -> Path:

@@ -41,6 +41,8 @@ from stages import gen_labels, infer, train_cls, train_seg
 
 from helpers import write_voc
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 NUM_IMAGES, IMAGE_SIZE, NUM_FOREGROUND = 16, 48, 2
 CLASS_NAMES = ["background", "disc", "square"]
@@ -84,13 +86,6 @@ def _dataset(split: str, transform=None):
 
 
 # ---- fixtures: the miniature config and one run of the whole pipeline -------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def mini_config(tmp_path_factory) -> Path:
