@@ -74,6 +74,27 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
+def remove_partial_writes(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed :func:`atomic_open` left in ``folder`` (not recursive).
+
+    A process killed in the middle of a write leaves its partial bytes as ``.<name>.<random>.tmp``
+    next to the file it was writing (which is intact). The stages call this for their output folders
+    before they write, when no other process writes there (not for ``gen_labels --shard``: a
+    concurrent shard's write in progress looks the same).
+
+    Returns:
+        The deleted paths (none when ``folder`` does not exist).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    partial = [p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()]
+    for path in partial:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return partial
+
+
 def save_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON (NaN written as ``NaN``) atomically."""
     with atomic_open(path, "w") as f:

@@ -22,9 +22,11 @@ scoring run in a pool of ``--crf-processes`` spawned processes made once for the
 default: in this process; :class:`rca.engine.pool.WorkerPool`). ``data.num_workers`` plays no part here.
 
 Existing outputs (panels included) are skipped (``--overwrite`` redoes them); outputs made with
-other settings are refused (``DIR/labels/fingerprint.json``, :mod:`rca.engine.fingerprint`). Every
-file is written atomically, and ``--shard i/n`` processes images ``i, i+n, ...`` so that n machines or GPUs can share a split;
-scoring runs once all labels of the split exist. With ``--skip-bad`` an unreadable image is listed
+other settings or from another classifier checkpoint (its SHA-256) are refused
+(``DIR/labels/fingerprint.json``, :mod:`rca.engine.fingerprint`). Every file is written atomically;
+the partial files of a write a kill interrupted are deleted at the start. ``--shard i/n``
+processes images ``i, i+n, ...`` so that n machines or GPUs can share a split (then nothing is
+deleted at the start); scoring runs once all labels of the split exist. With ``--skip-bad`` an unreadable image is listed
 in ``DIR/labels/skipped.txt`` and gets no CAM, no label and no score (:mod:`rca.data.skip`).
 """
 
@@ -65,12 +67,12 @@ from rca.data import build_dataset
 from rca.data.skip import SKIPPED_FILE, read_or_skip
 from rca.data.transforms import eval_transform
 from rca.engine.checkpoint import load_checkpoint
-from rca.engine.fingerprint import StaleOutputsError, check_fingerprint
+from rca.engine.fingerprint import StaleOutputsError, check_fingerprint, file_settings
 from rca.engine.logs import setup_logger, tensorboard_writer
 from rca.engine.pool import WorkerPool
 from rca.engine.run import EXIT_REFUSED
 from rca.errors import DataError, UserError, run_cli
-from rca.io import load_label_png, save_json, save_rgb_png
+from rca.io import load_label_png, remove_partial_writes, save_json, save_rgb_png
 from rca.labelling import LabelJob, compute_cams, format_report, label_rule, load_cams, save_cams, summarise_scores
 from rca.models.classifier import build_classifier
 from rca.vis import make_panel
@@ -148,7 +150,7 @@ def build_job(config, work_dir: Path, skip_bad: bool = False) -> LabelJob:
                     work_dir / "labels" / SKIPPED_FILE if skip_bad else None)
 
 
-def make_labels(job: LabelJob, pool: WorkerPool, indices: list[int], args, config, work_dir: Path, log) -> dict:
+def make_labels(job: LabelJob, pool: WorkerPool, indices: list[int], args, config, checkpoint: Path, log) -> dict:
     """CAMs, then pseudo labels, of the images ``indices`` that lack them; returns their speeds.
 
     Before it writes any, it deletes ``labels/metrics.json``: scores stand for the files they were
@@ -162,7 +164,6 @@ def make_labels(job: LabelJob, pool: WorkerPool, indices: list[int], args, confi
     if labels_todo:
         pool.start()  # the CRF workers start up while the CAMs are computed
     if cams_todo:
-        checkpoint = Path(args.checkpoint or work_dir / "cls" / "best.pt")
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         timing["cam_images_per_s"] = write_cams(job.label_set, cams_todo, job.cam_dir, checkpoint, config, device,
                                                 log, job.skip_log)
@@ -180,16 +181,22 @@ def main(argv=None) -> int:
     config, work_dir = config_from_args(args)
     shard_index, shard_count = parse_shard(args.shard)
     log = setup_logger("gen_labels", work_dir / "labels" / "gen_labels.log", True)
+    checkpoint = Path(args.checkpoint or work_dir / "cls" / "best.pt")
     try:
-        check_fingerprint(work_dir / "labels", config, "labels", overwrite=args.overwrite)
+        check_fingerprint(work_dir / "labels", config, "labels", overwrite=args.overwrite,
+                          extra=file_settings("checkpoint", checkpoint))
     except StaleOutputsError as error:
         log.error("%s", error)
         return EXIT_REFUSED
+    if shard_count == 1:  # shards share the folders: another one's write in progress looks the same
+        for folder in ("cams", "labels", "vis"):
+            for path in remove_partial_writes(work_dir / folder):
+                log.info("deleted %s, the partial file of an interrupted write", path)
     save_config(config, work_dir / "labels" / "config.yaml")
     job = build_job(config, work_dir, args.skip_bad)
     indices = list(range(shard_index, len(job.label_set), shard_count))
     with WorkerPool(job, args.crf_processes) as pool:
-        timing = make_labels(job, pool, indices, args, config, work_dir, log)
+        timing = make_labels(job, pool, indices, args, config, checkpoint, log)
         ids, vis_dir = job.label_set.ids, work_dir / "vis"
         panels = [i for i in indices[: args.vis] if (job.label_dir / f"{ids[i]}.png").is_file()
                   and (args.overwrite or not (vis_dir / f"{ids[i]}.png").is_file())]

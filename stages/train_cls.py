@@ -177,7 +177,7 @@ def main(argv=None) -> int:
         log.error("%s", error)
         return EXIT_REFUSED
     run = TrainingRun(out_dir, cfg.epochs, "epochs", "val_map", log)
-    if (exit_code := run.check(args.resume, args.overwrite)) is not None:
+    if (exit_code := run.check(args.resume, args.overwrite, ctx.is_main)) is not None:
         return exit_code
 
     train_set, val_set = build_datasets(config)

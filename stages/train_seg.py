@@ -211,7 +211,7 @@ def main(argv=None) -> int:
     if args.eval_only:
         return eval_only(args, config, val_set, out_dir, ctx)
     run = TrainingRun(out_dir, cfg.iterations, "iterations", "val_miou", log)
-    if (exit_code := run.check(args.resume, args.overwrite)) is not None:
+    if (exit_code := run.check(args.resume, args.overwrite, ctx.is_main)) is not None:
         return exit_code
 
     train_set = build_train_set(config, work_dir, args.skip_bad)

@@ -41,7 +41,7 @@ from torch.utils.data import DistributedSampler
 
 from rca.data import build_dataset
 from rca.engine.checkpoint import load_checkpoint
-from rca.io import load_label_png, load_npz
+from rca.io import load_label_png, load_npz, remove_partial_writes
 from stages import gen_labels, train_cls, train_seg
 
 from helpers import write_voc
@@ -208,6 +208,9 @@ def test_a_write_killed_half_way_leaves_the_previous_file(tmp_path):
     (partial,) = [p for p in target.parent.iterdir() if p != target]
     assert partial.name.startswith(".a.png.") and partial.suffix == ".tmp"
     assert partial.read_bytes() == b"new, half written"
+    (target.parent / ".hidden.png").write_bytes(b"not ours")  # hidden, but no .tmp: kept
+    assert remove_partial_writes(target.parent) == [partial]  # what the stages call at their start
+    assert sorted(p.name for p in target.parent.iterdir()) == [".hidden.png", "a.png"]
 
 
 # ---- the trainers ----------------------------------------------------------------------------------
@@ -242,8 +245,11 @@ def test_train_seg_killed_mid_epoch_resumes_to_the_uninterrupted_weights(voc, tm
     victim = _epoch_order(ids["train"], 0)[3 * SEG_BATCH]  # first image of epoch 0's fourth batch
     _kill_after_checkpoint("train_seg", root, args, ids["val"][0], victim, log)
     assert load_checkpoint(tmp_path / "killed" / "seg" / "last.pt")["done"] == 3
+    partial = tmp_path / "killed" / "seg" / ".last.pt.x7f2.tmp"  # as a kill inside a checkpoint write leaves
+    partial.write_bytes(b"half a checkpoint")
 
     assert train_seg.main([*args, "--resume"]) == 0
+    assert not partial.exists()
     resumed = load_checkpoint(tmp_path / "killed" / "seg" / "last.pt")
     straight = load_checkpoint(straight_dir / "seg" / "last.pt")
     assert resumed["done"] == straight["done"] == 6
@@ -288,7 +294,11 @@ def test_gen_labels_killed_in_each_phase_redoes_only_the_missing_images(voc, cla
     assert sorted(after_labels) == sorted(cams + labels[:2])
     assert {k: after_labels[k] for k in after_cams} == after_cams  # the first CAMs were not redone
 
+    partial = [work_dir / "cams" / ".x.npz.k2j4.tmp", work_dir / "labels" / ".x.png.9q1z.tmp"]
+    for path in partial:  # as a kill in the middle of a write leaves them
+        path.write_bytes(b"half")
     assert gen_labels.main(args) == 0
+    assert not any(path.exists() for path in partial)
     final = _outputs(work_dir)
     assert sorted(final) == sorted(cams + labels)
     assert {k for k in final if final[k] != after_labels.get(k)} == set(labels[2:])  # only the missing labels

@@ -1,5 +1,6 @@
 """Config fingerprints (rca.engine.fingerprint): which keys count, refusal messages, --overwrite."""
 
+import hashlib
 import json
 import typing
 
@@ -7,7 +8,8 @@ import pytest
 
 from rca.config import Config, load_config
 from rca.engine.fingerprint import (FILENAME, IGNORED_KEYS, STAGE_IGNORED_KEYS, StaleOutputsError,
-                                    check_fingerprint, fingerprint, read_fingerprint, stage_settings)
+                                    check_fingerprint, file_settings, fingerprint, read_fingerprint,
+                                    stage_settings)
 
 
 def config(*overrides):
@@ -93,3 +95,21 @@ def test_added_and_removed_keys_are_named(tmp_path):
     with pytest.raises(StaleOutputsError) as error:
         check_fingerprint(out, config(), "cls")
     assert "cls.old_key: 1 -> (absent)" in str(error.value) and "cls.lr: (absent) -> 0.05" in str(error.value)
+
+
+def test_another_checkpoint_makes_the_outputs_stale_and_a_deleted_one_does_not(tmp_path):
+    """gen_labels passes the classifier checkpoint's hash: CAMs of other weights are refused."""
+    out, weights = tmp_path / "labels", tmp_path / "best.pt"
+    weights.write_bytes(b"epoch 5 weights")
+    digest = hashlib.sha256(b"epoch 5 weights").hexdigest()
+    assert file_settings("checkpoint", weights) == {"input.checkpoint.sha256": digest}
+    check_fingerprint(out, config(), "labels", extra=file_settings("checkpoint", weights))
+    assert read_fingerprint(out)["settings"]["input.checkpoint.sha256"] == digest
+    check_fingerprint(out, config(), "labels", extra=file_settings("checkpoint", weights))  # same file
+    weights.write_bytes(b"epoch 6 weights")
+    with pytest.raises(StaleOutputsError, match=f'input.checkpoint.sha256: "{digest}" -> "'):
+        check_fingerprint(out, config(), "labels", extra=file_settings("checkpoint", weights))
+    weights.unlink()  # nothing to compare: the CAMs on disk stand
+    assert file_settings("checkpoint", weights) == {}
+    check_fingerprint(out, config(), "labels", extra=file_settings("checkpoint", weights))
+    assert read_fingerprint(out)["settings"]["input.checkpoint.sha256"] == digest

@@ -22,6 +22,9 @@ from rca.io import save_json
 
 FILENAME = "fingerprint.json"
 
+EXTRA_PREFIX = "input."
+"""Keys of settings from outside the config (:func:`file_settings`)."""
+
 STAGES = ("cls", "labels", "seg")
 """Stage names: ``cls`` (train_cls), ``labels`` (gen_labels), ``seg`` (train_seg)."""
 
@@ -91,8 +94,23 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return lines
 
 
+def file_settings(name: str, path: str | Path) -> dict[str, str]:
+    """``{"input.<name>.sha256": SHA-256 (hex) of the file's bytes}``, or ``{}`` when there is no such file.
+
+    For :func:`check_fingerprint`'s ``extra``: ``gen_labels`` ties its CAMs to the classifier
+    checkpoint they came from (``--checkpoint`` or ``DIR/cls/best.pt``), so that CAMs of another
+    checkpoint are refused like those of another config. A checkpoint deleted after its CAMs were
+    made has no hash to compare; its key then counts as unchanged.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    with open(path, "rb") as f:
+        return {f"{EXTRA_PREFIX}{name}.sha256": hashlib.file_digest(f, "sha256").hexdigest()}
+
+
 def check_fingerprint(out_dir: str | Path, config: Config, stage: str, overwrite: bool = False,
-                      write: bool = True) -> None:
+                      write: bool = True, extra: dict[str, Any] | None = None) -> None:
     """Refuse outputs made with other settings; record the current ones. Call before a stage runs.
 
     If ``out_dir`` holds a fingerprint whose settings differ from ``stage_settings(config,
@@ -107,6 +125,9 @@ def check_fingerprint(out_dir: str | Path, config: Config, stage: str, overwrite
         stage: one of :data:`STAGES`.
         overwrite: the stage's ``--overwrite`` flag (its outputs will be redone).
         write: whether this process writes the file (``False`` on non-main distributed ranks).
+        extra: settings from outside the config that also make the outputs (e.g. an input file's
+            hash from :func:`file_settings`); a key stored before but absent here is taken as
+            unchanged (its file is gone, nothing to compare).
 
     Raises:
         StaleOutputsError: the settings differ; the message lists each changed key with its old
@@ -115,6 +136,10 @@ def check_fingerprint(out_dir: str | Path, config: Config, stage: str, overwrite
     """
     settings = stage_settings(config, stage)
     stored = read_fingerprint(out_dir)
+    settings.update(extra or {})
+    if stored is not None:  # a key of ``extra`` whose file is gone: nothing to compare
+        settings.update({key: value for key, value in stored.get("settings", {}).items()
+                         if key not in settings and key.startswith(EXTRA_PREFIX)})
     if stored is not None and stored.get("hash") != fingerprint(settings) and not overwrite:
         changes = changed_keys(stored.get("settings", {}), settings) or ["(fingerprint file unreadable)"]
         raise StaleOutputsError(

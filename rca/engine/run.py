@@ -33,7 +33,7 @@ import torch
 from rca.config import save_config
 from rca.engine.checkpoint import load_checkpoint, restore_training_state, save_training_state
 from rca.engine.logs import tensorboard_writer
-from rca.io import save_json
+from rca.io import remove_partial_writes, save_json
 from rca.errors import EXIT_REFUSED, DataError  # EXIT_REFUSED: a stage's status when it refuses a run
 
 
@@ -73,13 +73,17 @@ class TrainingRun:
         self.done, self.best_score, self.history = 0, -1.0, []
         self._unfinished: dict[str, Any] | None = None
 
-    def check(self, resume: bool, overwrite: bool) -> int | None:
+    def check(self, resume: bool, overwrite: bool, is_main: bool = True) -> int | None:
         """Decide from ``last.pt`` whether to train: ``None`` to go on, else the stage's exit status.
 
         Returns 0 (logged as finished) when ``last.pt`` is complete, :data:`EXIT_REFUSED` when it is
         unfinished and ``resume`` is false; ``overwrite`` ignores ``last.pt``. An unfinished run to
-        resume is kept for :meth:`restore`.
+        resume is kept for :meth:`restore`. Rank 0 (``is_main``) first deletes the partial files of
+        a write that a kill interrupted (:func:`rca.io.remove_partial_writes`).
         """
+        if is_main:
+            for path in remove_partial_writes(self.out_dir):
+                self.log.info("deleted %s, the partial file of an interrupted write", path)
         if overwrite or not self.last_path.is_file():
             return None
         state = load_checkpoint(self.last_path, fix="pass --overwrite to train again from the start")
