@@ -144,7 +144,7 @@ def check_fingerprint(out_dir: str | Path, config: Config, stage: str, overwrite
         changes = changed_keys(stored.get("settings", {}), settings) or ["(fingerprint file unreadable)"]
         raise StaleOutputsError(
             f"{out_dir} holds {stage} outputs made with other settings:\n  " + "\n  ".join(changes)
-            + f"\nRe-run with --overwrite to redo them with the current config, or choose another --work-dir."
+            + "\nRe-run with --overwrite to redo them with the current config, or choose another --work-dir."
         )
     if write and (stored is None or stored.get("hash") != fingerprint(settings)):
         save_json(Path(out_dir) / FILENAME, {"stage": stage, "hash": fingerprint(settings), "settings": settings})
