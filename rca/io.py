@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -74,24 +75,28 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
-def remove_partial_writes(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files a killed :func:`atomic_open` left in ``folder`` (not recursive).
+def remove_partial_writes(*folders: str | os.PathLike, log: logging.Logger | None = None) -> list[Path]:
+    """Delete the temporary files a killed :func:`atomic_open` left in ``folders`` (not recursive).
 
     A process killed in the middle of a write leaves its partial bytes as ``.<name>.<random>.tmp``
     next to the file it was writing (which is intact). The stages call this for their output folders
     before they write, when no other process writes there (not for ``gen_labels --shard``: a
     concurrent shard's write in progress looks the same).
 
+    Args:
+        folders: folders to clean; missing ones are skipped.
+        log: if given, each deleted path is logged (info).
+
     Returns:
-        The deleted paths (none when ``folder`` does not exist).
+        The deleted paths.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    partial = [p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()]
+    partial = [p for folder in map(Path, folders) if folder.is_dir() for p in folder.iterdir()
+               if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()]
     for path in partial:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+        if log is not None:
+            log.info("deleted %s, the partial file of an interrupted write", path)
     return partial
 
 

@@ -26,8 +26,9 @@ other settings or from another classifier checkpoint (its SHA-256) are refused
 (``DIR/labels/fingerprint.json``, :mod:`rca.engine.fingerprint`). Every file is written atomically;
 the partial files of a write a kill interrupted are deleted at the start. ``--shard i/n``
 processes images ``i, i+n, ...`` so that n machines or GPUs can share a split (then nothing is
-deleted at the start); scoring runs once all labels of the split exist. With ``--skip-bad`` an unreadable image is listed
-in ``DIR/labels/skipped.txt`` and gets no CAM, no label and no score (:mod:`rca.data.skip`).
+deleted at the start); scoring runs once all labels of the split exist. With ``--skip-bad`` an
+unreadable image is listed in ``DIR/labels/skipped.txt`` and gets no CAM, no label and no score
+(:mod:`rca.data.skip`).
 """
 
 from __future__ import annotations
@@ -189,9 +190,7 @@ def main(argv=None) -> int:
         log.error("%s", error)
         return EXIT_REFUSED
     if shard_count == 1:  # shards share the folders: another one's write in progress looks the same
-        for folder in ("cams", "labels", "vis"):
-            for path in remove_partial_writes(work_dir / folder):
-                log.info("deleted %s, the partial file of an interrupted write", path)
+        remove_partial_writes(*(work_dir / folder for folder in ("cams", "labels", "vis")), log=log)
     save_config(config, work_dir / "labels" / "config.yaml")
     job = build_job(config, work_dir, args.skip_bad)
     indices = list(range(shard_index, len(job.label_set), shard_count))

@@ -82,8 +82,7 @@ class TrainingRun:
         a write that a kill interrupted (:func:`rca.io.remove_partial_writes`).
         """
         if is_main:
-            for path in remove_partial_writes(self.out_dir):
-                self.log.info("deleted %s, the partial file of an interrupted write", path)
+            remove_partial_writes(self.out_dir, log=self.log)
         if overwrite or not self.last_path.is_file():
             return None
         state = load_checkpoint(self.last_path, fix="pass --overwrite to train again from the start")
