@@ -105,8 +105,11 @@ def file_settings(name: str, path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         return {}
-    with open(path, "rb") as f:
-        return {f"{EXTRA_PREFIX}{name}.sha256": hashlib.file_digest(f, "sha256").hexdigest()}
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:  # in 1 MiB blocks (hashlib.file_digest needs Python 3.11; README: 3.10+)
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {f"{EXTRA_PREFIX}{name}.sha256": digest.hexdigest()}
 
 
 def check_fingerprint(out_dir: str | Path, config: Config, stage: str, overwrite: bool = False,
