@@ -281,6 +281,30 @@ def test_folder_class_file_and_value_map(tmp_path):
         build_dataset("folder", tmp_path, "train", value_map={0: 0, 1: 2})
     with pytest.raises(FileNotFoundError, match="val.txt"):
         build_dataset("folder", tmp_path, "val")
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "val.txt").write_text("x\n")
+    assert build_dataset("folder", tmp_path, "val", split_dir=lists).ids == ["x"]  # lists kept elsewhere
+    with pytest.raises(FileNotFoundError, match="split folder"):
+        build_dataset("folder", tmp_path, "val", split_dir=tmp_path / "nowhere")
+
+
+def test_shipped_msrc_split_keeps_every_group_and_class_on_both_sides():
+    # data/splits/msrc_v2 (scripts/split_msrc.py): every 7th image of each group to val. The cut of the
+    # sorted id list in shared/data puts whole groups (bicycles, sheep) into val instead.
+    lists = Path(__file__).resolve().parents[1] / "data" / "splits" / "msrc_v2"
+    train, val = ((lists / f"{name}.txt").read_text().split() for name in ("train", "val"))
+    assert len(train) == 360 and len(val) == 60 and not set(train) & set(val)
+    group = lambda ids: {i.split("_")[0] for i in ids}  # noqa: E731
+    assert group(val) == group(train) and len(group(val)) == 20
+    root = real_root("msrc_v2")
+    options = {"value_map": {str(k): v for k, v in MSRC_VALUE_MAP.items()}}
+    assert set(train) | set(val) == set(build_dataset("folder", root, "train", **options).ids) | set(
+        build_dataset("folder", root, "val", **options).ids)
+    counts = {name: build_dataset("folder", root, name, split_dir=lists, **options).load_tags().sum(0)
+              for name in ("train", "val")}
+    total = counts["train"] + counts["val"]
+    assert (counts["train"][total >= 10] >= 0.75 * total[total >= 10]).all()  # old split: 1 of 26 bicycles
 
 
 # ---------------------------------------------------------------------------------------- CamVid

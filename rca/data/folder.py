@@ -73,7 +73,10 @@ class FolderSegmentation(SegmentationDataset):
         transform: optional callable applied to each item dict.
         image_dir, mask_dir: folders under ``root`` (``images``, ``labels``).
         class_file: class file under ``root`` (``classes.txt``).
-        split_file: split list under ``root``, ``{split}`` is replaced (``{split}.txt``).
+        split_file: split list under ``split_dir``, ``{split}`` is replaced (``{split}.txt``).
+        split_dir: folder of the split lists; ``None`` (default) is ``root``. A relative path is taken
+            from the working directory, as ``data.root`` is (e.g. the project's own
+            ``data/splits/msrc_v2``).
         image_ext: extension tried first for images; ``.png``, ``.jpg``, ``.jpeg``, ``.bmp`` are tried
             after it.
         mask_ext: extension of the mask files (``.png``).
@@ -96,6 +99,7 @@ class FolderSegmentation(SegmentationDataset):
         mask_dir: str = "labels",
         class_file: str = "classes.txt",
         split_file: str = "{split}.txt",
+        split_dir: str | os.PathLike | None = None,
         image_ext: str = ".png",
         mask_ext: str = ".png",
         value_map: Mapping[int | str, int] | None = None,
@@ -108,7 +112,8 @@ class FolderSegmentation(SegmentationDataset):
         self.image_exts = (image_ext,) + tuple(ext for ext in IMAGE_EXTENSIONS if ext != image_ext)
         self.mask_ext = mask_ext
         class_path = require_path(self.root / class_file, "class file", hint)
-        ids = read_id_list(self.root / split_file.format(split=split), hint)
+        lists = self.root if split_dir is None else require_path(Path(split_dir).expanduser(), "split folder", hint)
+        ids = read_id_list(lists / split_file.format(split=split), hint)
 
         self.value_map = None if value_map is None else {int(k): int(v) for k, v in value_map.items()}
         if self.value_map is not None:
