@@ -290,7 +290,7 @@ def test_folder_class_file_and_value_map(tmp_path):
 
 
 def test_shipped_msrc_split_keeps_every_group_and_class_on_both_sides():
-    # data/splits/msrc_v2 (scripts/split_msrc.py): every 7th image of each group to val. The cut of the
+    # data/splits/msrc_v2 (scripts/split_msrc.py): every 7th id in (group, number) order to val. The cut of the
     # sorted id list in shared/data puts whole groups (bicycles, sheep) into val instead.
     lists = Path(__file__).resolve().parents[1] / "data" / "splits" / "msrc_v2"
     train, val = ((lists / f"{name}.txt").read_text().split() for name in ("train", "val"))
