@@ -12,13 +12,11 @@ Use the lists with ``--set data.options.split_dir=data/splits/msrc_v2``.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from rca.data.base import read_id_list
+from rca.cli import make_parser
 from rca.errors import DataError, add_debug_arg, run_cli
-from rca.io import atomic_open
 
 
 def msrc_key(image_id: str) -> tuple[int, int]:
@@ -30,12 +28,15 @@ def msrc_key(image_id: str) -> tuple[int, int]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("root", type=Path, help="MSRC-v2 folder with train.txt and val.txt")
     parser.add_argument("out", type=Path, help="folder for the new train.txt and val.txt")
     parser.add_argument("--every", type=int, default=7, help="every k-th id in (group, n) order goes to val (7)")
     add_debug_arg(parser)
     args = parser.parse_args(argv)
+    from rca.data.base import read_id_list  # after parsing: --help answers without torch
+    from rca.io import atomic_open
+
     hint = "Give the MSRC-v2 folder that holds train.txt and val.txt"
     ids = sorted({i for split in ("train", "val") for i in read_id_list(args.root / f"{split}.txt", hint)},
                  key=msrc_key)
