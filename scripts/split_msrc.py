@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     ids = sorted({i for split in ("train", "val") for i in read_id_list(args.root / f"{split}.txt", hint)},
                  key=msrc_key)
     val = ids[args.every - 1::args.every]
-    train = sorted(set(ids) - set(val), key=msrc_key)
+    in_val = set(val)
+    train = [i for i in ids if i not in in_val]  # ids are sorted already
     for name, split in (("train", train), ("val", val)):
         with atomic_open(args.out / f"{name}.txt", "w") as f:
             f.writelines(f"{i}\n" for i in split)
