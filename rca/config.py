@@ -454,8 +454,9 @@ def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
              f"{', '.join(shipped_configs())}",
     )
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config value, e.g. --set cls.lr=0.02 (value parsed as YAML; repeatable)",
+        "--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+        help="override config values, e.g. --set cls.lr=0.02 cls.epochs=3 (values parsed as YAML; "
+             "repeatable)",
     )
     parser.add_argument("--work-dir", default=None, metavar="DIR", help="output folder (default runs/<config name>)")
     parser.add_argument("--print-config", action="store_true",

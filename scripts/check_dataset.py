@@ -26,7 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     """The command line; ``--option`` assignments come back parsed, as the dict ``args.options``."""
     parser = make_parser(__doc__)
     parser.add_argument("--config", help="experiment YAML: dataset name, root, splits and options")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config override, as in the stages (e.g. --set data.root=...)")
     parser.add_argument("--name", help="dataset name (without --config)")
     parser.add_argument("--root", help="dataset root (without --config, or to replace data.root)")

@@ -50,15 +50,18 @@ def test_help_answers_in_plain_text_without_torch(script):
 @pytest.mark.parametrize("script", CONFIG_ENTRY_POINTS)
 def test_print_config_prints_defaults_file_and_overrides_without_torch(script, tmp_path):
     config_file = REPO / "rca" / "configs" / "coco_mini.yaml"
-    overrides = ["--set", "cls.lr=0.5", "--set", "labels.scales=[1.0, 2.0]"]
+    overrides = ["--set", "cls.lr=0.5", "cls.epochs=3", "--set", "labels.scales=[1.0, 2.0]"]
     work_dir = tmp_path / "run"
     result, heavy = _run(script, "--config", str(config_file), *overrides, "--work-dir", str(work_dir),
                          "--print-config")
     assert result.returncode == 0, result.stderr[-2000:]
     assert heavy == set(), f"{script} --print-config imported {sorted(heavy)}"
     printed = yaml.safe_load(result.stdout)
-    assert printed == config_to_dict(load_config(config_file, ["cls.lr=0.5", "labels.scales=[1.0, 2.0]"]))
-    assert printed["cls"]["lr"] == 0.5 and printed["labels"]["scales"] == [1.0, 2.0]  # the overrides
+    assert printed == config_to_dict(load_config(config_file, ["cls.lr=0.5", "cls.epochs=3",
+                                                               "labels.scales=[1.0, 2.0]"]))
+    # the overrides: two after one --set, one after another
+    assert printed["cls"]["lr"] == 0.5 and printed["cls"]["epochs"] == 3
+    assert printed["labels"]["scales"] == [1.0, 2.0]
     assert printed["seg"]["eval_crf"] is False  # a default the file does not set
     assert not work_dir.exists()  # printed and stopped: no outputs
 
