@@ -262,29 +262,33 @@ def test_one_optimisation_step_lowers_the_loss():
     assert after.item() < before.item()
 
 
-def test_fine_cams_equal_fuse_then_fine_head_with_the_same_gradients():
-    """The folded 1x1 convolutions compute fine_head(fuse(concat[x, context])), gradients included."""
+def test_fine_scores_learn_as_fast_as_the_coarse_scores_from_initialisation():
+    """One SGD step on the heads moves the fine scores as much as the coarse ones.
+
+    Both heads start at N(0, 0.01) on the same features with the same loss, so with no centres (zero
+    context) their first steps match. A fine head learned as two 1x1 factors (fuse, then classifier)
+    moved its scores 10 times less here (ratio 0.095 against 1.31), which is why it is one convolution.
+    """
     model = small_model()
-    torch.manual_seed(1)
-    for conv in (model.fuse, model.fine_head):  # weights of a trained size, not the 0.01 init
-        torch.nn.init.normal_(conv.weight, 0.0, 0.1)
-    torch.nn.init.normal_(model.fuse.bias, 0.0, 1.0)
-    channels = model.backbone.out_channels
-    x = torch.randn(2, channels, 3, 5, requires_grad=True)
-    context = torch.randn(2, D, 3, 5, requires_grad=True)
-    parameters = [x, context, model.fuse.weight, model.fuse.bias, model.fine_head.weight]
+    images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    tags = torch.tensor([[1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 1, 1], [1, 1, 0, 0]])
 
-    def value_and_grads(function):
-        out = function()
-        grads = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(), parameters)
-        return out, grads
+    def scores():
+        out = model(images, tags)
+        return out["scores"], out["scores_coarse"]
 
-    folded, folded_grads = value_and_grads(lambda: model.fine_cams(x, context))
-    plain, plain_grads = value_and_grads(lambda: model.fine_head(model.fuse(torch.cat([x, context], 1))))
-    assert folded.shape == (2, K, 3, 5)
-    assert torch.allclose(folded, plain, rtol=1e-4, atol=1e-4)
-    for mine, reference in zip(folded_grads, plain_grads):
-        assert torch.allclose(mine, reference, rtol=1e-4, atol=1e-5)
+    fine, coarse = scores()
+    loss = rca_classification_loss(model(images, tags), tags, coarse_weight=1.0)
+    model.zero_grad()
+    loss.backward()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if not name.startswith("backbone") and parameter.grad is not None:
+                parameter -= 0.1 * parameter.grad
+        new_fine, new_coarse = scores()
+    moved_fine, moved_coarse = (new_fine - fine).abs().mean(), (new_coarse - coarse).abs().mean()
+    assert moved_coarse > 1e-3
+    assert 0.5 < moved_fine / moved_coarse < 2.0
 
 
 def test_steady_state_memory_gives_contrast_and_aggregation():
