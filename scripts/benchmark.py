@@ -18,7 +18,7 @@ crop size and batch; no stage outputs are needed. Printed, and with ``--json FIL
   passes ``cls.write_threshold`` for most of them; at random init none would). The ratio rca / cam
   (target at most 1.15) and the shares of the rca step: ``cam_step``; ``contrast``, ``aggregation``
   and ``write`` (memory write), each the time saved by switching that part alone off; ``heads``, the
-  rest (embedding head, fused fine head, region pooling, and the embedding head's backward, which
+  rest (embedding head, fine head, region pooling, and the embedding head's backward, which
   runs while contrast or aggregation needs it). ``update_centres_s``: the k-means, once per epoch.
 * ``cam_inference``: multi-scale CAMs of one image (``labels.scales``, ``labels.flip``), both
   classifiers.

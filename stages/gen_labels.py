@@ -67,7 +67,7 @@ from tqdm import tqdm
 from rca.data import build_dataset
 from rca.data.skip import SKIPPED_FILE, read_or_skip
 from rca.data.transforms import eval_transform
-from rca.engine.checkpoint import load_checkpoint
+from rca.engine.checkpoint import load_checkpoint, load_model_state
 from rca.engine.fingerprint import StaleOutputsError, check_fingerprint, file_settings
 from rca.engine.logs import setup_logger, tensorboard_writer
 from rca.engine.pool import WorkerPool
@@ -95,7 +95,8 @@ def write_cams(dataset, indices: list[int], cam_dir: Path, checkpoint_path: Path
     ``skip_log`` when given); returns images/s."""
     checkpoint = load_checkpoint(checkpoint_path, kind="classifier")
     model = build_classifier(**checkpoint["model_args"]).to(device)
-    model.load_state_dict(checkpoint["model"])
+    load_model_state(model, checkpoint, checkpoint_path,
+                     fix="train the classifier again (stages/train_cls.py --overwrite)")
     model.eval()
     to_tensor = eval_transform()
     start = time.perf_counter()

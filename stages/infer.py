@@ -51,7 +51,7 @@ from rca.crf import dense_crf
 from rca.data import build_dataset
 from rca.data.base import read_image
 from rca.data.transforms import eval_transform
-from rca.engine.checkpoint import load_checkpoint
+from rca.engine.checkpoint import load_checkpoint, load_model_state
 from rca.io import save_label_png, save_rgb_png
 from rca.models.deeplab import build_deeplab
 from rca.segment import predict_probs
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     checkpoint = load_checkpoint(args.checkpoint, kind="segmentation")
     model = build_deeplab(**checkpoint["model_args"]).to(device)
-    model.load_state_dict(checkpoint["model"])
+    load_model_state(model, checkpoint, args.checkpoint, fix="give a checkpoint written by this version")
     model.eval()
     palette = np.asarray(checkpoint["palette"], dtype=np.uint8)
     to_tensor = eval_transform()

@@ -231,6 +231,15 @@ def segmentation_checkpoint_to_gen_labels(b):
                                                        "checkpoint", "stages/train_cls.py"]
 
 
+def classifier_checkpoint_of_another_version(b):
+    state = torch.load(b.cls, weights_only=True)
+    state["model"]["fuse.weight"] = state["model"].pop("coarse_head.weight")  # as a renamed layer leaves it
+    torch.save(state, b.tmp / "old.pt")
+    return gen_labels, b.args("--checkpoint", b.tmp / "old.pt"), [
+        "old.pt does not fit the model", "coarse_head.weight", "fuse.weight", "another version",
+        "stages/train_cls.py --overwrite"]
+
+
 def unreadable_input_of_infer(b):
     path = b.root / "images" / "img3.jpg"
     truncate(path)
@@ -251,7 +260,8 @@ BAD_INPUTS = [truncated_image, truncated_image_in_a_loader_worker, not_an_image,
               corrupt_checkpoint, truncated_checkpoint, checkpoint_with_pickled_objects,
               corrupt_last_checkpoint_to_resume, missing_checkpoint,
               classifier_checkpoint_to_infer, classifier_checkpoint_to_eval_only,
-              segmentation_checkpoint_to_gen_labels, unreadable_input_of_infer, no_pseudo_labels_yet, bad_shard]
+              segmentation_checkpoint_to_gen_labels, classifier_checkpoint_of_another_version,
+              unreadable_input_of_infer, no_pseudo_labels_yet, bad_shard]
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=lambda case: case.__name__)

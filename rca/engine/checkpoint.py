@@ -75,6 +75,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     return state
 
 
+def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | Path,
+                     fix: str = "run the stage that wrote it again with --overwrite") -> None:
+    """``model.load_state_dict(state["model"])``, with a one-line error when the weights do not fit.
+
+    A checkpoint written by another version of the project can name parameters this code no longer
+    builds (for example the two 1x1 layers RCA's fine head had before it became one convolution).
+
+    Raises:
+        CheckpointError: missing, unexpected or mis-shaped entries; the message names ``path``, up
+            to three of the entries, and says what to do (``fix``).
+    """
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        names = re.findall(r'"([\w.]+)"', str(error))
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise CheckpointError(f"{path} does not fit the model this code builds from its model_args "
+                              f"(entries {shown or 'of other shapes'}): it was written by another "
+                              f"version of the project; {fix}") from error
+
+
 def _load_failure(error: Exception) -> str:
     """Why ``torch.load`` failed, in a few words (torch's own messages run over many lines)."""
     text = " ".join(str(error).split())
@@ -130,16 +151,18 @@ def save_training_state(out_dir: str | Path, state: dict[str, Any], improved: bo
 
 def restore_training_state(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                            scheduler: Any, scaler: Any,
-                           training_modules: dict[str, torch.nn.Module] | None = None) -> None:
+                           training_modules: dict[str, torch.nn.Module] | None = None,
+                           path: str | Path = "last.pt") -> None:
     """Load a ``last.pt`` written by :func:`save_training_state` into the live training objects.
 
     ``model`` (and each of ``training_modules``) is the unwrapped module (not the DDP wrapper).
-    Also restores the global RNG states.
+    Also restores the global RNG states. ``path`` names the file in errors.
 
     Raises:
         KeyError: a key of ``training_modules`` is missing from ``state`` (saved without it).
+        CheckpointError: the model weights do not fit ``model`` (:func:`load_model_state`).
     """
-    model.load_state_dict(state["model"])
+    load_model_state(model, state, path, fix="pass --overwrite to train again from the start")
     for key, module in (training_modules or {}).items():
         module.load_state_dict(state[key])
     optimizer.load_state_dict(state["optimizer"])

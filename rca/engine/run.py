@@ -116,7 +116,7 @@ class TrainingRun:
                            "resume with the same values or pass --overwrite", self.last_path, saved_total,
                            scheduler.total_iters, schedule_keys)
             return False
-        restore_training_state(state, model, optimizer, scheduler, scaler, training_modules)
+        restore_training_state(state, model, optimizer, scheduler, scaler, training_modules, self.last_path)
         self.done, self.best_score, self.history = state["done"], state["best_score"], state["history"]
         self.log.info("resumed from %s after %d %s", self.last_path, self.done, self.unit)
         return True
