@@ -444,8 +444,18 @@ def shipped_configs() -> list[str]:
     return sorted(path.name for path in CONFIG_DIR.glob("*.yaml"))
 
 
+def add_override_arg(parser: argparse.ArgumentParser) -> None:
+    """Add ``--set KEY=VALUE [KEY=VALUE ...]`` (repeatable), collected into ``args.overrides`` for
+    :func:`load_config`."""
+    parser.add_argument(
+        "--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+        help="override config values, e.g. --set cls.lr=0.02 cls.epochs=3 (values parsed as YAML; "
+             "repeatable)",
+    )
+
+
 def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the arguments every stage shares: ``--config``, ``--set``, ``--work-dir``,
+    """Add the arguments every stage shares: ``--config``, ``--set`` (:func:`add_override_arg`), ``--work-dir``,
     ``--print-config`` (answered by :func:`rca.cli.parse_command_line`) and ``--debug``
     (:func:`rca.errors.add_debug_arg`)."""
     parser.add_argument(
@@ -453,11 +463,7 @@ def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help=f"experiment YAML (default rca/configs/{DEFAULT_CONFIG.name}); shipped in rca/configs/: "
              f"{', '.join(shipped_configs())}",
     )
-    parser.add_argument(
-        "--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-        help="override config values, e.g. --set cls.lr=0.02 cls.epochs=3 (values parsed as YAML; "
-             "repeatable)",
-    )
+    add_override_arg(parser)
     parser.add_argument("--work-dir", default=None, metavar="DIR", help="output folder (default runs/<config name>)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (defaults + --config file + --set overrides) as YAML "

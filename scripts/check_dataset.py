@@ -18,7 +18,7 @@ import sys
 import yaml
 
 from rca.cli import make_parser, parse_command_line
-from rca.config import load_config
+from rca.config import add_override_arg, load_config
 from rca.errors import add_debug_arg, run_cli
 
 
@@ -26,8 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     """The command line; ``--option`` assignments come back parsed, as the dict ``args.options``."""
     parser = make_parser(__doc__)
     parser.add_argument("--config", help="experiment YAML: dataset name, root, splits and options")
-    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="config override, as in the stages (e.g. --set data.root=...)")
+    add_override_arg(parser)
     parser.add_argument("--name", help="dataset name (without --config)")
     parser.add_argument("--root", help="dataset root (without --config, or to replace data.root)")
     parser.add_argument("--split", nargs="+", help="split(s) to check")

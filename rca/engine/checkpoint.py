@@ -75,8 +75,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     return state
 
 
-def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | Path,
-                     fix: str = "run the stage that wrote it again with --overwrite") -> None:
+def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | Path, fix: str) -> None:
     """``model.load_state_dict(state["model"])``, with a one-line error when the weights do not fit.
 
     A checkpoint written by another version of the project can name parameters this code no longer
